@@ -1,3 +1,532 @@
-def main():
-    from bench import __version__
-    print(f"bench {__version__}")
+"""The `bench` command line. Each command is a thin layer over the pipeline modules:
+recipes -> plan -> launch -> run -> collect -> report."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+# mmengine 0.10.7 imports pkg_resources, which warns on every start: not the user's concern
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+from bench import __version__
+
+
+def _console():
+    from rich.console import Console
+
+    # piped output (CI logs, files) is not squeezed into 80 columns
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 200))
+    return Console(highlight=False, soft_wrap=False, width=width)
+
+
+class BenchError(click.ClickException):
+    def show(self, file=None):
+        click.echo(f"bench: error: {self.format_message()}", err=True)
+
+
+def _catalogue(ctx: click.Context):
+    from bench.recipes import Catalogue, RecipeError
+
+    try:
+        return Catalogue(ctx.obj.get("recipes"))
+    except RecipeError as e:
+        raise BenchError(str(e)) from None
+
+
+def _load(ctx: click.Context, name: str):
+    from bench.recipes import RecipeError
+
+    cat = _catalogue(ctx)
+    try:
+        return cat, cat.load(name)
+    except RecipeError as e:
+        raise BenchError(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bench")
+@click.option("--recipes", type=click.Path(file_okay=False, path_type=Path), envvar="BENCH_RECIPES",
+              help="Recipes folder (default: the repository's recipes/).")
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), envvar="BENCH_RESULTS",
+              help="Results folder (default: the repository's results/).")
+@click.pass_context
+def main(ctx: click.Context, recipes: Path | None, results: Path | None) -> None:
+    """Reproduce the result tables of instance-segmentation papers and check, cell by cell,
+    whether the published numbers hold.
+
+    Tables are named PAPER/TABLE (csr-d2s/table-ii, sbr-cnn/table-6); a bare TABLE works where it is
+    unique (table-ii).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["recipes"] = recipes
+    ctx.obj["results"] = results
+
+
+# ----------------------------------------------------------------------------------------- list
+def _row_record(table, row, with_hash: bool) -> dict:
+    from bench.resolve import model_hash, row_status
+
+    status, reason = row_status(row)
+    rec = {"table": table.name, "position": row.position, "id": row.id, "label": row.label,
+           "status": str(status), "reason": reason or None,
+           "published": {k: v for k, v in row.published.items()}, "baseline": row.baseline}
+    if with_hash:
+        try:
+            rec["config_hash"] = model_hash(row) if row.model else None
+        except Exception:  # noqa: BLE001 - a row whose config does not resolve has no hash (status says why)
+            rec["config_hash"] = None
+    return rec
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print every table's rows as JSON.")
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List papers and tables, with row counts by status."""
+    from bench.recipes import RecipeError
+    from bench.vocab import RowStatus
+
+    cat = _catalogue(ctx)
+    try:
+        tables = cat.tables()
+    except RecipeError as e:
+        raise BenchError(str(e)) from None
+    if as_json:
+        out = [{"table": t.name, "paper": t.paper.slug, "number": t.number, "title": t.title,
+                "rows": [_row_record(t, r, with_hash=True) for r in t.rows]} for t in tables]
+        click.echo(json.dumps(out, indent=2))
+        return
+    from rich.table import Table as RTable
+
+    from bench.resolve import table_statuses
+
+    rt = RTable(title="bench tables", show_lines=False)
+    for col in ("table", "title", "rows", "runnable", "model missing", "reference only"):
+        rt.add_column(col, justify="right" if col not in ("table", "title") else "left")
+    for t in tables:
+        st = [s for s, _ in table_statuses(t).values()]
+        rt.add_row(t.name, t.title, str(len(t.rows)), str(st.count(RowStatus.RUNNABLE)),
+                   str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)))
+    _console().print(rt)
+
+
+# ----------------------------------------------------------------------------------------- show
+def _fmt(v) -> str:
+    if v is None:
+        return "?"
+    if isinstance(v, bool):
+        return "✓" if v else "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+@main.command("show")
+@click.argument("table")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_context
+def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
+    """Show TABLE as the paper prints it (published cells), with each row's status.
+
+    '?' marks a cell the paper text does not show (see the notes)."""
+    from bench.resolve import row_status
+
+    _, t = _load(ctx, table)
+    if as_json:
+        out = {"table": t.name, "number": t.number, "title": t.title,
+               "columns": [c.model_dump() for c in t.columns],
+               "rows": [_row_record(t, r, with_hash=True) | {"factors": r.factors} for r in t.rows]}
+        click.echo(json.dumps(out, indent=2))
+        return
+    from rich.table import Table as RTable
+
+    rt = RTable(title=f"{t.paper.slug} Table {t.number}: {t.title}", caption=t.caption)
+    rt.add_column("#", justify="right")
+    rt.add_column("row")
+    for c in t.columns:
+        rt.add_column(c.label, justify="right")
+    rt.add_column("status")
+    notes = []
+    for r in t.rows:
+        status, reason = row_status(r)
+        cells = [_fmt(r.published[c.key]) if c.key in r.published else
+                 (_fmt(r.factors.get(c.key)) if c.key in r.factors else "") for c in t.columns]
+        rt.add_row(str(r.position), r.label, *cells, str(status))
+        if reason:
+            notes.append(f"row {r.position} ({r.id}): {status}: {reason}")
+        for k, n in r.published_notes.items():
+            notes.append(f"row {r.position} ({r.id}) {k}: {n}")
+    con = _console()
+    con.print(rt)
+    for n in notes:
+        con.print(f"  [dim]{n}[/dim]")
+
+
+# ------------------------------------------------------------------------------------- validate
+@main.command("validate")
+@click.pass_context
+def validate_cmd(ctx: click.Context) -> None:
+    """Load every recipe and check it: schema, configs, overrides, baselines. Exit 1 on any error."""
+    from bench.recipes import RecipeError
+    from bench.resolve import row_config
+
+    cat = _catalogue(ctx)
+    errors: list[str] = []
+    n_rows = 0
+    for name in cat.names():
+        try:
+            t = cat.load(name)
+        except RecipeError as e:
+            errors.append(str(e))
+            continue
+        for r in t.rows:
+            n_rows += 1
+            where = f"{cat.paths[name]}: row {r.position} (id {r.id!r})"
+            if r.model is not None:
+                try:
+                    row_config(r.model)
+                except Exception as e:  # noqa: BLE001 - any failure to resolve is a recipe error
+                    errors.append(f"{where}, field model: {e}")
+            if r.baseline and "/" in r.baseline:
+                try:
+                    cat.find_row(r.baseline, t)
+                except RecipeError as e:
+                    errors.append(f"{where}, field baseline: {e}")
+    if errors:
+        for e in errors:
+            click.echo(e, err=True)
+        click.echo(f"bench validate: {len(errors)} error(s)", err=True)
+        sys.exit(1)
+    click.echo(f"bench validate: {len(cat.names())} tables, {n_rows} rows: ok")
+
+
+# ----------------------------------------------------------------------------------------- data
+@main.group("data")
+def data_group() -> None:
+    """Datasets: make the synthetic set, check a real data root."""
+
+
+@data_group.command("synth")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: $BENCH_DATA or ~/.cache/bench/data/synth-<key>).")
+@click.option("--train-images", default=96, show_default=True)
+@click.option("--val-images", default=24, show_default=True)
+@click.option("--size", default=256, show_default=True, help="Image width and height in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Rewrite even if the folder holds the same dataset.")
+def data_synth(out: Path | None, train_images: int, val_images: int, size: int, seed: int, force: bool) -> None:
+    """Write the deterministic synthetic COCO-format instance-segmentation set."""
+    from bench.data import synth
+
+    spec = synth.SynthSpec(train_images=train_images, val_images=val_images, width=size, height=size, seed=seed)
+    out = out or synth.default_dir()
+    try:
+        m = synth.generate(out, spec, force=force)
+    except FileExistsError as e:
+        raise BenchError(str(e)) from None
+    s = m["splits"]
+    click.echo(f"{out}: train {s['train']['images']} images / {s['train']['instances']} instances, "
+               f"val {s['val']['images']} images / {s['val']['instances']} instances, classes {', '.join(m['classes'])}")
+
+
+@data_group.command("check")
+@click.argument("dataset", type=click.Choice(["coco", "cityscapes"]))
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--split", default=None, help="Evaluation split (default: val2017 / cityscapes-val).")
+def data_check(dataset: str, root: Path, split: str | None) -> None:
+    """Check that ROOT holds the files a paper-scale run on DATASET needs."""
+    from bench.data.datasets import DataError, check_root
+
+    split = split or ("val2017" if dataset == "coco" else "cityscapes-val")
+    try:
+        check_root(dataset, root, split)
+    except DataError as e:
+        raise BenchError(str(e)) from None
+    click.echo(f"{root}: {dataset} ({split}) ok")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+# ------------------------------------------------------------------------------------------ run
+def _results_root(ctx: click.Context) -> Path:
+    from bench.results import default_results_dir
+
+    return ctx.obj.get("results") or default_results_dir()
+
+
+def _select_rows(table, row_ids: tuple[str, ...]):
+    from bench.recipes import RecipeError
+
+    if not row_ids:
+        return list(table.rows)
+    try:
+        return [table.row(r) for r in row_ids]
+    except RecipeError as e:
+        raise BenchError(str(e)) from None
+
+
+def _print_plan(plan) -> None:
+    from rich.table import Table as RTable
+
+    con = _console()
+    rt = RTable(title=f"plan at {plan.scale.name} scale: {plan.scale.description}")
+    for c in ("table", "#", "row", "status", "action", "run key", "note"):
+        rt.add_column(c)
+    for pr in plan.rows:
+        note = pr.reason
+        if pr.action == "done":
+            note = f"result exists: {pr.result}"
+        elif pr.shared_with:
+            note = "one training serves: " + ", ".join(pr.shared_with)
+        rt.add_row(pr.table, str(pr.row.position), pr.row.id, str(pr.status), pr.action, pr.run_key or "", note)
+    con.print(rt)
+    n_run = len(plan.runs)
+    if plan.scale.name == "smoke":
+        from bench.plan import SMOKE_MINUTES_PER_RUN
+
+        cost = f"about {n_run * SMOKE_MINUTES_PER_RUN:.0f} min on 2 CPU cores ({SMOKE_MINUTES_PER_RUN} min a run)"
+    else:
+        hours = [pr.est_gpu_hours for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours]
+        cost = f"about {sum(hours):.0f} V100 GPU-hours (mmdet model-zoo train times x the recipes' epochs)"
+    con.print(f"{n_run} run(s) to start; estimated cost: {cost}")
+    con.print(f"overlay ({plan.scale.name}): " + json.dumps(plan.scale.as_dict()))
+
+
+@main.command("run")
+@click.argument("table")
+@click.argument("rows", nargs=-1)
+@click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True,
+              help="smoke: synthetic data, tiny schedule, CPU. paper: the recipe as the paper states it.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset root (COCO or Cityscapes layout) for --scale paper; the synthetic set's folder for smoke.")
+@click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local", show_default=True,
+              help="local: submitit subprocesses on this machine; inline: in this process; slurm: a SLURM cluster.")
+@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Cluster profile YAML (slurm/<name>.yaml) for --cluster slurm.")
+@click.option("--max-parallel", type=int, default=None,
+              help="Concurrent local jobs (default: number of GPUs, or 1 on a CPU machine).")
+@click.option("--gpus", type=int, default=None, help="GPUs per run at paper scale (default: the recipe's).")
+@click.option("--force", is_flag=True, help="Rerun rows whose results already exist.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, cost) and stop.")
+@click.pass_context
+def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, gpus, force, dry_run) -> None:
+    """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.
+
+    Each run writes results/<scale>/<paper>/<table>/<row>.json. A model shared by several rows
+    (or tables) trains once. A failed row is recorded with its reason; the others go on."""
+    from bench.data.datasets import DataError
+    from bench.plan import PlanError, make_plan
+
+    cat, t = _load(ctx, table)
+    selected = _select_rows(t, rows)
+    root = _results_root(ctx)
+    try:
+        plan = make_plan([(t, selected)], scale, root, data_root=data_root, force=force, gpus=gpus)
+    except (PlanError, DataError) as e:
+        raise BenchError(str(e)) from None
+    _print_plan(plan)
+    if dry_run or not plan.runs:
+        if not plan.runs and not dry_run:
+            click.echo("nothing to run: every runnable row is done (use --force to rerun)")
+        return
+    runs = list(plan.runs.values())
+    if scale == "smoke":
+        from bench.data import synth
+
+        synth.generate(Path(runs[0].dataset_root))
+    if cluster == "slurm":
+        from bench.cluster import submit_slurm
+
+        try:
+            jobs = submit_slurm(runs, profile)
+        except Exception as e:  # noqa: BLE001 - report submission problems as one clear error
+            raise BenchError(str(e)) from None
+        for j in jobs:
+            click.echo(j)
+        click.echo("submitted; follow with `bench status " + t.name + f" --scale {scale}`")
+        return
+    outcomes = _run_with_progress(runs, cluster, max_parallel)
+    failed = [o for o in outcomes if not o.ok]
+    click.echo(f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed")
+    for o in failed:
+        click.echo(f"  failed: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
+    if failed:
+        sys.exit(1)
+
+
+def _run_with_progress(runs, cluster: str, max_parallel: int | None):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.launch import run_inline, run_local
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False) as prog:
+        tasks = {}
+        for spec in runs:
+            names = ", ".join(f"{tg['table'].split('/')[1]}/{tg['row']}" for tg in spec.targets)
+            tasks[spec.run_key] = prog.add_task(names, total=spec.overlay.get("iterations") or 1, info="queued")
+
+        def on_progress(spec, state):
+            tid = tasks[spec.run_key]
+            info = state.get("state", "starting")
+            if state.get("loss") is not None:
+                info += f" loss {state['loss']:.3f}"
+            if state.get("finished") or state.get("state") in ("done", "failed"):
+                info = state.get("state", "finished")
+            prog.update(tid, completed=state.get("iter", 0), total=state.get("max_iters") or None, info=info)
+
+        if cluster == "inline":
+            return run_inline(runs, on_progress)
+        import torch  # noqa: F401  (only for the GPU count)
+
+        n = max_parallel or max(1, torch.cuda.device_count())
+        return run_local(runs, max_parallel=n, on_progress=on_progress)
+
+
+# --------------------------------------------------------------------------------------- status
+def _tables_arg(ctx, names: tuple[str, ...]):
+    cat = _catalogue(ctx)
+    from bench.recipes import RecipeError
+
+    try:
+        return cat, ([cat.load(n) for n in names] if names else cat.tables())
+    except RecipeError as e:
+        raise BenchError(str(e)) from None
+
+
+@main.command("status")
+@click.argument("tables", nargs=-1)
+@click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--all-rows", is_flag=True, help="Also list rows that never ran (default: tables with activity show all rows).")
+@click.pass_context
+def status_cmd(ctx, tables, scale, as_json, all_rows) -> None:
+    """Per row: queued / running / done / failed / cancelled / not run, with progress and the last log line.
+
+    Reads the results folder only, so it works from any process (and reattaches to SLURM jobs)."""
+    from bench.collect import collect
+
+    _, ts = _tables_arg(ctx, tables)
+    col = collect(ts, scale, _results_root(ctx))
+    active_tables = {s.table for s in col.states if s.run_status != "not run"}
+    states = [s for s in col.states if tables or all_rows or s.table in active_tables]
+    if as_json:
+        click.echo(json.dumps([{
+            "table": s.table, "position": s.position, "row": s.row, "label": s.label, "row_status": s.row_status,
+            "run_status": s.run_status, "progress": s.progress, "last_log": s.last_log,
+            "failure": s.result.failure if s.result else None, "job": s.job} for s in states], indent=2))
+        return
+    from rich.table import Table as RTable
+
+    rt = RTable(title=f"status ({scale} scale, results in {_results_root(ctx)})")
+    for c in ("table", "#", "row", "status", "progress / reason", "last log line"):
+        rt.add_column(c, overflow="fold")
+    for s in states:
+        detail = s.progress or ""
+        if s.result and s.result.failure:
+            detail = s.result.failure
+        elif s.run_status == "not run" and s.row_status != "runnable":
+            detail = f"{s.row_status}: {s.reason}"
+        elif s.result and s.result.status == "done" and s.result.measurement:
+            m = s.result.measurement
+            detail = f"{m.scale} scale, {m.iterations} it, {m.device}"
+        rt.add_row(s.table, str(s.position), s.row, s.run_status, detail, (s.last_log or "")[-120:])
+    con = _console()
+    con.print(rt)
+    if not states:
+        con.print("no runs yet: start one with `bench run TABLE`")
+    for p in col.problems:
+        con.print(f"[yellow]problem:[/yellow] {p}")
+
+
+@main.command("logs")
+@click.argument("table")
+@click.argument("row")
+@click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True)
+@click.option("-n", "--lines", type=int, default=50, show_default=True, help="Last N lines (0: all).")
+@click.pass_context
+def logs_cmd(ctx, table, row, scale, lines) -> None:
+    """Print the training log of TABLE's ROW (its latest run)."""
+    from bench.collect import table_states
+
+    _, t = _load(ctx, table)
+    t.row(row) if row in [r.id for r in t.rows] else _select_rows(t, (row,))
+    states, _ = table_states(t, scale, _results_root(ctx))
+    s = next(s for s in states if s.row == row)
+    work = (s.job or {}).get("work_dir") or (s.result.work_dir if s.result else None)
+    if not work:
+        raise BenchError(f"{t.name} row {row!r} has not run at {scale} scale")
+    logs = sorted(Path(work).glob("train/*/*.log"), key=lambda p: p.stat().st_mtime)
+    job_logs = sorted(Path(work).glob("submitit/*_log.err"), key=lambda p: p.stat().st_mtime)
+    if not logs and not job_logs:
+        raise BenchError(f"no log yet in {work}")
+    for path in logs[-1:] + job_logs[-1:]:
+        text = path.read_text(errors="replace").splitlines()
+        click.echo(f"==> {path} <==")
+        click.echo("\n".join(text[-lines:] if lines else text))
+
+
+# -------------------------------------------------------------------------------------- collect
+@main.command("collect")
+@click.argument("tables", nargs=-1)
+@click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "md"]), default="md", show_default=True)
+@click.option("--long", "long_form", is_flag=True, help="One line per (row, metric) instead of one per row.")
+@click.pass_context
+def collect_cmd(ctx, tables, scale, fmt, long_form) -> None:
+    """Read result files into one frame: published, measured, delta, scale and status per row."""
+    from bench.collect import collect, frame, wide
+
+    _, ts = _tables_arg(ctx, tables)
+    col = collect(ts, scale, _results_root(ctx))
+    df = frame(ts, col)
+    out = df if long_form else wide(df)
+    if fmt == "csv":
+        click.echo(out.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(out.to_json(orient="records", indent=2))
+    else:
+        click.echo(out.to_markdown(index=False) if not out.empty else "(no rows)")
+    for p in col.problems:
+        click.echo(f"problem: {p}", err=True)
+
+
+# -------------------------------------------------------------------------------------- profile
+@main.command("profile")
+@click.argument("table")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-flops", is_flag=True, help="Count parameters only (FLOPs take a few seconds a row on a CPU).")
+@click.pass_context
+def profile_cmd(ctx, table, as_json, no_flops) -> None:
+    """Build every row's model on the CPU (no weights, no data): trainable params and FLOPs vs published."""
+    from dataclasses import asdict
+
+    from bench.profile import profile_table
+
+    _, t = _load(ctx, table)
+    profiles = profile_table(t, flops=not no_flops)
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in profiles], indent=2))
+        return
+    from rich.table import Table as RTable
+
+    def num(v, pct=False):
+        if v is None:
+            return "-"
+        return f"{v * 100:+.2f}%" if pct else f"{v:.5g}"
+
+    rt = RTable(title=f"{t.name}: parameters and FLOPs measured on the CPU vs published")
+    for c in ("#", "row", "status", "params M", "published", "diff", "GFLOPs", "published", "diff", "note"):
+        rt.add_column(c, overflow="fold")
+    for p in profiles:
+        rt.add_row(str(p.position), p.row, p.status, num(p.params_M), num(p.published_params_M),
+                   num(p.params_rel_diff, True), num(p.gflops), num(p.published_gflops), num(p.gflops_rel_diff, True),
+                   p.note)
+    _console().print(rt)

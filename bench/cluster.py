@@ -1,0 +1,199 @@
+"""SLURM: cluster profiles, submission through submitit (one job array per resource shape),
+SLURM job states for `bench status`, cancellation, and requeue-on-preemption.
+
+A profile (``slurm/<name>.yaml``) says where and how jobs run; a run's GPU count comes from its recipe
+(the paper's setup) unless the profile's ``gpus_per_node`` or ``bench run --gpus`` overrides it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.launch import mark_pending
+from bench.plan import RunSpec
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    gpus_per_node: int = 0
+    nodes: int = 1
+    cpus_per_gpu: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    mem_per_gpu_gb: Optional[float] = None
+    mem_gb: Optional[float] = None
+    time_limit_min: int = 60
+    constraint: Optional[str] = None
+    setup: list[str] = []
+    sbatch_extra: dict[str, Any] = {}
+    array_parallelism: int = 8
+    max_requeues: int = 3
+    slurm_conf: Optional[str] = Field(None, description="path of slurm.conf (sets SLURM_CONF for the client commands)")
+
+
+def load_profile(path: Path) -> Profile:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ClusterError(f"{path}: cannot read cluster profile: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ClusterError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return Profile.model_validate(data or {})
+    except ValidationError as err:
+        import difflib
+
+        lines = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(field, list(Profile.model_fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                lines.append(f"{path}: field {field}: unknown key{hint}")
+            else:
+                lines.append(f"{path}: field {field}: {e['msg']}")
+        raise ClusterError("\n".join(lines)) from None
+
+
+def _env(profile: Optional[Profile] = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if profile and profile.slurm_conf:
+        env["SLURM_CONF"] = profile.slurm_conf
+    return env
+
+
+def check_cluster(profile: Profile) -> None:
+    """Clear errors before anything is submitted: no SLURM, controller down, unknown partition."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise ClusterError("SLURM client commands (sbatch, sinfo) are not on PATH: run on a login node, "
+                           "or install slurm-client")
+    if profile.slurm_conf:
+        if not Path(profile.slurm_conf).is_file():
+            raise ClusterError(f"profile {profile.name!r}: slurm_conf {profile.slurm_conf} does not exist")
+        os.environ["SLURM_CONF"] = profile.slurm_conf  # submitit's own sbatch/sacct calls read it
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, env=_env(profile))
+    except subprocess.TimeoutExpired:
+        raise ClusterError("the SLURM controller did not answer `sinfo` within 30 s") from None
+    if out.returncode != 0:
+        raise ClusterError(f"the SLURM controller is unreachable: {out.stderr.strip() or out.stdout.strip()}")
+    partitions = {p.strip().rstrip("*") for p in out.stdout.split()}
+    if profile.partition and profile.partition not in partitions:
+        raise ClusterError(f"profile {profile.name!r}: unknown partition {profile.partition!r} "
+                           f"(the cluster has: {', '.join(sorted(partitions)) or 'none'})")
+
+
+class CheckpointableRun:
+    """The SLURM job callable: on preemption or time-out, submitit calls ``checkpoint`` and requeues
+    the job; the rerun resumes from the run's last mmengine checkpoint."""
+
+    def __call__(self, spec: RunSpec) -> list[str]:
+        from bench.launch import _job_entry
+
+        return _job_entry(spec)
+
+    def checkpoint(self, spec: RunSpec):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(CheckpointableRun(), spec)
+
+
+def _executor(profile: Profile, folder: Path, gpus: int):
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    tasks = max(1, gpus)
+    params: dict[str, Any] = dict(
+        timeout_min=profile.time_limit_min, nodes=profile.nodes, tasks_per_node=tasks,
+        slurm_array_parallelism=profile.array_parallelism, slurm_max_num_timeout=profile.max_requeues,
+        slurm_setup=list(profile.setup))
+    if gpus:
+        params["gpus_per_node"] = gpus
+        if profile.cpus_per_gpu:
+            params["cpus_per_task"] = profile.cpus_per_gpu
+        if profile.mem_per_gpu_gb:
+            params["mem_gb"] = profile.mem_per_gpu_gb * gpus
+    else:
+        if profile.cpus_per_task:
+            params["cpus_per_task"] = profile.cpus_per_task
+    if profile.mem_gb:
+        params["mem_gb"] = profile.mem_gb
+    if profile.partition:
+        params["slurm_partition"] = profile.partition
+    extra = dict(profile.sbatch_extra)
+    if profile.account:
+        extra["account"] = profile.account
+    if profile.qos:
+        extra["qos"] = profile.qos
+    if profile.constraint:
+        params["slurm_constraint"] = profile.constraint
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]:
+    """Submit runs as job arrays, one per resource shape; record job ids; return a line per array."""
+    if profile_path is None:
+        raise ClusterError("--cluster slurm needs --profile slurm/<name>.yaml")
+    profile = load_profile(profile_path)
+    check_cluster(profile)
+    shapes: dict[int, list[RunSpec]] = defaultdict(list)
+    for spec in runs:
+        gpus = profile.gpus_per_node if profile.gpus_per_node else spec.gpus
+        if gpus != spec.gpus:
+            spec.gpus = gpus
+            spec.overlay["gpus_overridden_by_profile"] = profile.name
+        shapes[gpus].append(spec)
+    lines = []
+    for gpus, specs in shapes.items():
+        root = Path(specs[0].work_dir).parent.parent / "slurm" / f"gpus{gpus}"
+        ex = _executor(profile, root, gpus)
+        fn = CheckpointableRun()
+        jobs = ex.map_array(fn, specs)
+        for spec, job in zip(specs, jobs):
+            mark_pending(spec, "slurm", str(job.job_id), str(root))
+        array_id = str(jobs[0].job_id).split("_")[0] if jobs else "?"
+        lines.append(f"job array {array_id}: {len(specs)} run(s), {gpus} GPU(s) each, partition "
+                     f"{profile.partition or '(default)'}")
+    return lines
+
+
+def slurm_state(job_id: str, conf: Optional[str] = None) -> Optional[str]:
+    """The SLURM state of a job (sacct), e.g. 'RUNNING', 'PENDING', 'CANCELLED by 0'; None if unknown."""
+    if shutil.which("sacct") is None:
+        return None
+    try:
+        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True,
+                             text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return None
+    for line in out.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        if jid.strip() == job_id:
+            return state.strip()
+    return None
+
+
+def cancel(job_ids: list[str]) -> None:
+    if not job_ids:
+        return
+    if shutil.which("scancel") is None:
+        raise ClusterError("scancel is not on PATH")
+    subprocess.run(["scancel", *job_ids], check=True, capture_output=True, text=True, timeout=30)

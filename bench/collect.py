@@ -1,0 +1,174 @@
+"""Collect: read result files into pandas, next to the recipes' published numbers.
+
+Corrupt or partial result files are reported in ``Collection.problems`` and never raise.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from bench.recipes import Table
+from bench.results import Result, ResultReadError, read_result, result_path
+from bench.vocab import METRIC_KEYS, RunStatus
+
+
+@dataclass
+class RowState:
+    table: str
+    position: int
+    row: str
+    label: str
+    row_status: str          # runnable / model missing / reference only
+    reason: str
+    run_status: str          # RunStatus value
+    result: Optional[Result] = None
+    progress: Optional[str] = None
+    last_log: Optional[str] = None
+    job: Optional[dict] = None
+
+
+@dataclass
+class Collection:
+    scale: str
+    states: list[RowState]
+    problems: list[str] = field(default_factory=list)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _live_state(pending: dict) -> tuple[str, Optional[str], Optional[str]]:
+    """(run status, progress, last log line) of a submitted run that has no result yet."""
+    from bench.launch import read_state
+
+    work = Path(pending.get("work_dir", ""))
+    state = read_state(work)
+    last_log = None
+    logs = sorted(work.glob("train/*/*.log"), key=lambda p: p.stat().st_mtime)
+    if logs:
+        lines = logs[-1].read_text(errors="replace").strip().splitlines()
+        last_log = lines[-1] if lines else None
+    if pending.get("executor") == "slurm" and pending.get("job_id"):
+        from bench.cluster import slurm_state
+
+        sstate = slurm_state(pending["job_id"])
+        if sstate and sstate.startswith(("PENDING", "REQUEUED", "CONFIGURING")):
+            return str(RunStatus.QUEUED), sstate, last_log
+        if sstate and sstate.startswith("CANCELLED"):
+            return str(RunStatus.CANCELLED), sstate, last_log
+        if sstate and sstate.startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")):
+            return str(RunStatus.FAILED), sstate, last_log
+    if not state:
+        return str(RunStatus.QUEUED), None, last_log
+    if state.get("state") == "running":
+        pid, host = state.get("pid"), state.get("host")
+        import socket
+
+        if pending.get("executor") != "slurm" and host == socket.gethostname() and pid and not _pid_alive(int(pid)):
+            return str(RunStatus.FAILED), "process gone without a result (killed?); rerun resumes from the last checkpoint", last_log
+        it, mx = state.get("iter"), state.get("max_iters")
+        prog = f"iter {it}/{mx}" if mx else f"iter {it}"
+        if state.get("loss") is not None:
+            prog += f", loss {state['loss']}"
+        return str(RunStatus.RUNNING), prog, last_log
+    return state.get("state", str(RunStatus.QUEUED)), state.get("reason"), last_log
+
+
+def table_states(table: Table, scale: str, results_root: Path, statuses=None) -> tuple[list[RowState], list[str]]:
+    from bench.launch import pending_path
+    from bench.resolve import row_status
+
+    states, problems = [], []
+    for row in table.rows:
+        st, reason = statuses[row.id] if statuses else row_status(row)
+        rs = RowState(table.name, row.position, row.id, row.label, str(st), reason, str(RunStatus.NOT_RUN))
+        path = result_path(results_root, scale, table.name, row.id)
+        pend = pending_path(path)
+        pending = None
+        if pend.exists():
+            try:
+                pending = json.loads(pend.read_text())
+            except (OSError, ValueError):
+                problems.append(f"{pend}: unreadable job record")
+        if path.exists():
+            try:
+                rs.result = read_result(path)
+                rs.run_status = rs.result.status
+                if rs.result.log_tail:
+                    rs.last_log = rs.result.log_tail[-1]
+            except ResultReadError as e:
+                problems.append(str(e))
+                rs.run_status = str(RunStatus.FAILED)
+                rs.reason = f"corrupt result file: {e}"
+        if pending and (rs.result is None or rs.result.run_key != pending.get("run_key")):
+            rs.job = pending
+            rs.run_status, rs.progress, last = _live_state(pending)
+            rs.last_log = last or rs.last_log
+        states.append(rs)
+    return states, problems
+
+
+def collect(tables: list[Table], scale: str, results_root: Path) -> Collection:
+    col = Collection(scale, [])
+    for t in tables:
+        s, p = table_states(t, scale, results_root)
+        col.states += s
+        col.problems += p
+    return col
+
+
+def frame(tables: list[Table], col: Collection) -> pd.DataFrame:
+    """Long frame: one line per (table row, metric column of the table's published/measured cells)."""
+    by_table = {t.name: t for t in tables}
+    recs = []
+    for s in col.states:
+        t = by_table[s.table]
+        row = t.row(s.row)
+        res = s.result if s.result and s.result.status == "done" else None
+        metrics = [c.key for c in t.metric_columns]
+        if res:
+            metrics += [k for k in res.measured if k not in metrics and k in METRIC_KEYS]
+        for m in metrics:
+            pub = row.published.get(m)
+            meas = res.measured.get(m) if res else None
+            recs.append({
+                "table": s.table, "position": s.position, "row": s.row, "label": s.label,
+                "row_status": s.row_status, "run_status": s.run_status, "metric": m,
+                "in_paper_table": m in row.published or any(c.key == m for c in t.columns),
+                "published": pub, "measured": meas,
+                "delta": (meas - pub) if (pub is not None and meas is not None) else None,
+                "scale": col.scale,
+                "dataset": res.measurement.dataset if res and res.measurement else None,
+                "iterations": res.measurement.iterations if res and res.measurement else None,
+                "device": res.measurement.device if res and res.measurement else None,
+                "config_hash": res.config_hash if res else None,
+            })
+    cols = ["table", "position", "row", "label", "row_status", "run_status", "metric", "in_paper_table",
+            "published", "measured", "delta", "scale", "dataset", "iterations", "device", "config_hash"]
+    return pd.DataFrame.from_records(recs, columns=cols)
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per table row: status, then published / measured / delta for each metric."""
+    if df.empty:
+        return df
+    d = df[df["in_paper_table"]]
+    base = d.drop_duplicates(["table", "row"])[["table", "position", "row", "label", "row_status", "run_status", "scale"]]
+    piv = d.pivot_table(index=["table", "row"], columns="metric", values=["published", "measured", "delta"],
+                        aggfunc="first", dropna=False)
+    piv.columns = [f"{m}:{kind}" for kind, m in piv.columns]
+    order = [c for m in METRIC_KEYS for c in (f"{m}:published", f"{m}:measured", f"{m}:delta") if c in piv.columns]
+    out = base.merge(piv[order].reset_index(), on=["table", "row"], how="left")
+    return out.sort_values(["table", "position"]).reset_index(drop=True)

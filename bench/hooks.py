@@ -1,0 +1,32 @@
+"""mmengine hooks bench adds to every run: live progress for `bench status` and the progress bar."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
+
+
+@HOOKS.register_module()
+class BenchProgressHook(Hook):
+    """Writes ``state.json`` (iteration, max iterations, last loss) beside the run's work dir."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, interval: int = 5):
+        self.interval = interval
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        it = runner.iter + 1
+        if it % self.interval and it != runner.max_iters:
+            return
+        from bench.job import write_state
+
+        loss = None
+        if isinstance(outputs, dict) and "loss" in outputs:
+            try:
+                loss = round(float(outputs["loss"]), 4)
+            except (TypeError, ValueError):
+                loss = None
+        write_state(Path(runner.work_dir).parent, state="running", iter=it, max_iters=runner.max_iters,
+                    loss=loss, epoch=runner.epoch)

@@ -1,0 +1,265 @@
+"""The job body: train one run with mmengine's Runner, evaluate it with COCO metrics, measure its
+params / FLOPs / speed, and write one result file per row it serves.
+
+Runs in whatever process the executor gives it (in-process, a submitit local subprocess, a SLURM
+task). A failure of any kind is written as a failed result with its reason, then re-raised so the
+executor (and SLURM) also see the job as failed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from bench.plan import RunSpec
+from bench.results import Measurement, Result, atomic_write_json, write_result
+
+COCO_KEYS = {  # mmdet CocoMetric key suffix -> bench metric suffix
+    "mAP": "AP", "mAP_50": "AP50", "mAP_75": "AP75", "mAP_s": "APs", "mAP_m": "APm", "mAP_l": "APl"}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> Optional[str]:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+
+
+def log_tail(work_dir: Path, n: int = 20) -> list[str]:
+    logs = sorted(Path(work_dir).glob("train/*/*.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return []
+    return logs[-1].read_text(errors="replace").splitlines()[-n:]
+
+
+def write_state(work_dir: Path, **state: Any) -> None:
+    state.setdefault("pid", os.getpid())
+    state.setdefault("host", socket.gethostname())
+    state["updated"] = _now()
+    atomic_write_json(Path(work_dir) / "state.json", state)
+
+
+# --------------------------------------------------------------------------------- measurements
+def count_trainable(model) -> int:
+    """Trainable parameters after ``model.train()`` (frozen backbone stages excluded), as the papers count."""
+    model.train()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def measure_flops(model, data: dict) -> tuple[Optional[float], str]:
+    """GFLOPs of one forward pass on a preprocessed sample (mmengine's FlopAnalyzer)."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+
+    model.eval()
+    try:
+        inputs = data["inputs"]
+        samples = data["data_samples"]
+
+        class _Wrap(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return self.m._forward(x, samples)
+
+        analyzer = FlopAnalyzer(_Wrap(model), (inputs,))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        total = analyzer.total()
+        skipped = analyzer.unsupported_ops()
+        note = "mmengine FlopAnalyzer, one multiply-add counted as one FLOP (fvcore convention)"
+        if skipped:
+            note += "; uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(skipped.items()))
+        return total / 1e9, note
+    except Exception as e:  # noqa: BLE001 - FLOPs are best effort; say why they are missing
+        return None, f"FLOPs not measured: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def measure_speed(model, dataloader, n_images: int, warmup: int = 3) -> tuple[Optional[float], str]:
+    """Images per second, batch 1, after warm-up, with synchronised timing; data loading excluded."""
+    import torch
+
+    model.eval()
+    cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    times = []
+    with torch.no_grad():
+        for i, data in enumerate(dataloader):
+            if i >= warmup + n_images:
+                break
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model.test_step(data)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    if not times:
+        return None, "no images to time"
+    fps = len(times) / sum(times)
+    proto = (f"batch 1, {warmup} warm-up + {len(times)} timed images, preprocessing+forward+postprocessing, "
+             f"data loading excluded, {'CUDA-synchronised' if cuda else 'CPU'} timing")
+    return fps, proto
+
+
+def coco_metrics(metrics: dict) -> dict[str, Optional[float]]:
+    out: dict[str, Optional[float]] = {}
+    for task, prefix in (("segm", "mask"), ("bbox", "box")):
+        for k, suffix in COCO_KEYS.items():
+            v = metrics.get(f"coco/{task}_{k}")
+            if v is not None:
+                out[f"{prefix}_{suffix}"] = round(float(v) * 100, 1) if float(v) >= 0 else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------- run
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    v = {}
+    for lib in ("torch", "mmengine", "mmcv", "mmdet", "pycocotools", "numpy", "bench"):
+        try:
+            v[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            v[lib] = "missing"
+    v["python"] = platform.python_version()
+    return v
+
+
+def _results_for(spec: RunSpec, base: dict) -> list[Path]:
+    paths = []
+    for t in spec.targets:
+        others = [f"{o['table']}/{o['row']}" for o in spec.targets if o is not t]
+        res = Result(table=t["table"], row=t["row"], label=t["label"], published=t["published"],
+                     shared_with=others, **base)
+        write_result(Path(t["path"]), res)
+        paths.append(Path(t["path"]))
+    return paths
+
+
+def run(spec: RunSpec, resume: bool = True) -> list[str]:
+    """Train, evaluate and measure one run; write its rows' result files. Returns their paths."""
+    work = Path(spec.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    started, t0 = _now(), time.time()
+    (work / "config.json").write_text(json.dumps(spec.config, indent=2, default=str))
+    write_state(work, state="running", iter=0, max_iters=spec.overlay.get("iterations"), started=started)
+    base: dict[str, Any] = dict(run_key=spec.run_key, config_hash=spec.config_hash, started_at=started,
+                                work_dir=str(work), config=spec.config, overlay=spec.overlay,
+                                git_commit=git_commit(), hostname=socket.gethostname())
+    try:
+        base["versions"] = _versions()
+        measured, notes, measurement = _train_and_measure(spec, work, resume)
+    except BaseException as e:  # noqa: BLE001 - every failure is recorded, then re-raised
+        reason = _failure_reason(e)
+        base.update(status="failed", failure=reason, log_tail=log_tail(work), finished_at=_now(),
+                    wall_s=round(time.time() - t0, 1))
+        _results_for(spec, base)
+        write_state(work, state="failed", reason=reason)
+        raise
+    base.update(status="done", measured=measured, measured_notes=notes, measurement=measurement,
+                finished_at=_now(), wall_s=round(time.time() - t0, 1), log_tail=log_tail(work, 5))
+    paths = _results_for(spec, base)
+    write_state(work, state="done")
+    return [str(p) for p in paths]
+
+
+def _failure_reason(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if "loss become infinite or NaN" in str(e):
+        return "NaN/inf loss (CheckInvalidLossHook): " + text
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        return "out of memory: " + text
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return text.splitlines()[0][:500] + where
+
+
+def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from bench.resolve import register_all
+
+    register_all()
+    if spec.dataset == "synth":
+        from bench.data import synth
+
+        synth.generate(Path(spec.dataset_root))
+    cfg = Config(spec.config)
+    cfg.work_dir = str(work / "train")
+    if resume and (work / "train" / "last_checkpoint").exists():
+        cfg.resume = True  # mmengine finds the latest checkpoint in work_dir
+    cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    metrics = runner.test()
+    measured = coco_metrics(metrics)
+    notes: dict[str, str] = {}
+    model = runner.model
+    measured["params_M"] = count_trainable(model) / 1e6
+    data = next(iter(runner.test_dataloader))
+    data = model.data_preprocessor(data, False)
+    gflops, flops_note = measure_flops(model, data)
+    measured["gflops"] = round(gflops, 2) if gflops is not None else None
+    if gflops is None:
+        notes["gflops"] = flops_note
+    fps, proto = measure_speed(model, runner.test_dataloader, spec.scale_cfg["speed_images"])
+    if fps is not None:
+        measured["fps"] = round(fps, 2)
+        measured["latency_ms"] = round(1000 / fps, 1)
+    ckpts = sorted((work / "train").glob("iter_*.pth")) + sorted((work / "train").glob("epoch_*.pth"))
+    if ckpts:
+        measured["model_size_MB"] = round(ckpts[-1].stat().st_size / 2**20, 1)
+        notes["model_size_MB"] = "size of the last checkpoint file (weights + optimizer state), MiB"
+    if torch.cuda.is_available():
+        measured["train_mem_GB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    input_size = spec.input_size
+    n_train = len(runner.train_dataloader.dataset) if hasattr(runner.train_dataloader, "dataset") else None
+    n_eval = len(runner.test_dataloader.dataset)
+    measurement = Measurement(
+        scale=spec.scale, dataset=spec.dataset if spec.dataset != "synth" else f"synth ({Path(spec.dataset_root).name})",
+        dataset_root=spec.dataset_root, eval_split=spec.eval_split, train_images=n_train, eval_images=n_eval,
+        iterations=runner.iter, epochs=None if spec.scale == "smoke" else runner.epoch, batch_size=spec.batch_size,
+        gpus=spec.gpus, lr=spec.lr, lr_scaled_from=spec.lr_scaled_from, input_size=input_size,
+        pretrained=bool(spec.scale_cfg["pretrained"]), seed=int(spec.scale_cfg["seed"]),
+        device=device_description(), speed_protocol=proto, flops_note=flops_note)
+    return measured, notes, measurement.model_dump(mode="json")

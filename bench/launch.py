@@ -1,0 +1,162 @@
+"""Launch: hand planned runs to an executor and keep a record a later process can reattach to.
+
+Executors (one interface, like ``concurrent.futures``):
+    inline  run in this process, one after another (debugging; a failure is recorded, the batch goes on)
+    local   submitit's LocalExecutor: each run in its own process, at most ``max_parallel`` at a time
+    slurm   submitit's SlurmExecutor: one job array per resource shape; returns at once
+
+For every row a run serves, ``results/<scale>/<table>/<row>.pending.json`` records the run key, the
+executor, its job id and folder; the job replaces it by the row's result file. ``bench status`` reads
+these files (and the run's ``state.json``) from any process.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from bench.plan import RunSpec
+from bench.results import Result, atomic_write_json, read_result, ResultReadError, write_result
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def pending_path(result_file: str | Path) -> Path:
+    p = Path(result_file)
+    return p.with_name(p.stem + ".pending.json")
+
+
+def mark_pending(spec: RunSpec, executor: str, job_id: Optional[str], folder: Optional[str]) -> None:
+    rec = {"run_key": spec.run_key, "work_dir": spec.work_dir, "executor": executor, "job_id": job_id,
+           "folder": folder, "submitted_at": _now(), "targets": [f"{t['table']}/{t['row']}" for t in spec.targets]}
+    atomic_write_json(Path(spec.work_dir) / "job.json", rec)
+    for t in spec.targets:
+        atomic_write_json(pending_path(t["path"]), rec)
+
+
+def clear_pending(spec: RunSpec) -> None:
+    for t in spec.targets:
+        try:
+            pending_path(t["path"]).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def record_unfinished(spec: RunSpec, reason: str, status: str = "failed") -> None:
+    """A job that died without writing its results (killed, lost): write failed/cancelled records."""
+    from bench.job import log_tail
+
+    for t in spec.targets:
+        path = Path(t["path"])
+        try:
+            if read_result(path).run_key == spec.run_key:
+                continue  # the job did write it
+        except (FileNotFoundError, ResultReadError):
+            pass
+        others = [f"{o['table']}/{o['row']}" for o in spec.targets if o is not t]
+        write_result(path, Result(status=status, table=t["table"], row=t["row"], label=t["label"],
+                                  run_key=spec.run_key, config_hash=spec.config_hash, published=t["published"],
+                                  failure=reason, log_tail=log_tail(Path(spec.work_dir)), finished_at=_now(),
+                                  work_dir=spec.work_dir, config=spec.config, overlay=spec.overlay,
+                                  shared_with=others))
+
+
+def _job_entry(spec: RunSpec) -> list[str]:
+    """What a submitted job executes (module-level so submitit can pickle it)."""
+    from bench.job import run
+
+    try:
+        return run(spec)
+    finally:
+        clear_pending(spec)
+
+
+@dataclass
+class Outcome:
+    spec: RunSpec
+    ok: bool
+    detail: str
+
+
+Progress = Callable[[RunSpec, dict], None]
+
+
+def read_state(work_dir: str | Path) -> dict:
+    try:
+        return json.loads((Path(work_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> list[Outcome]:
+    out = []
+    for spec in runs:
+        mark_pending(spec, "inline", str(os.getpid()), None)
+        try:
+            _job_entry(spec)
+            out.append(Outcome(spec, True, "done"))
+        except Exception as e:  # noqa: BLE001 - the job recorded the failure; the batch goes on
+            out.append(Outcome(spec, False, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[Progress] = None,
+              poll_s: float = 1.0, timeout_min: int = 24 * 60) -> list[Outcome]:
+    """Each run in its own process through submitit's LocalExecutor, ``max_parallel`` at a time."""
+    import submitit
+
+    queue = list(runs)
+    active: list[tuple[RunSpec, "submitit.Job"]] = []
+    outcomes: list[Outcome] = []
+    interrupted = False
+
+    def _stop(signum, frame):  # Ctrl-C: cancel what runs, record it, keep checkpoints for resume
+        nonlocal interrupted
+        interrupted = True
+
+    old = signal.signal(signal.SIGINT, _stop)
+    try:
+        while (queue or active) and not interrupted:
+            while queue and len(active) < max_parallel:
+                spec = queue.pop(0)
+                folder = Path(spec.work_dir) / "submitit"
+                ex = submitit.LocalExecutor(folder=folder)
+                ex.update_parameters(timeout_min=timeout_min)
+                job = ex.submit(_job_entry, spec)
+                mark_pending(spec, "local", str(job.job_id), str(folder))
+                active.append((spec, job))
+            time.sleep(poll_s)
+            for spec, job in list(active):
+                if on_progress:
+                    on_progress(spec, read_state(spec.work_dir))
+                if not job.done():
+                    continue
+                active.remove((spec, job))
+                try:
+                    job.result()
+                    outcomes.append(Outcome(spec, True, "done"))
+                except Exception as e:  # noqa: BLE001
+                    detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    record_unfinished(spec, f"job {job.job_id} ended without a result: {detail}")
+                    clear_pending(spec)
+                    outcomes.append(Outcome(spec, False, detail))
+                if on_progress:
+                    on_progress(spec, read_state(spec.work_dir) | {"finished": True})
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if interrupted:
+            for spec, job in active:
+                job.cancel()
+                record_unfinished(spec, "cancelled by the user (Ctrl-C); rerun to resume from the last checkpoint",
+                                  status="cancelled")
+                clear_pending(spec)
+                outcomes.append(Outcome(spec, False, "cancelled"))
+    return outcomes

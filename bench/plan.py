@@ -1,0 +1,392 @@
+"""Plan: resolve each row to the full mmdet config it will train, hash it, and decide what runs.
+
+The full config is: the row's model config (base + overrides), the recipe's training setup written
+into it (optimizer, lr, epochs, lr steps, batch), the dataset (synthetic or real, under --data-root),
+and the scale overlay (``bench/scales/<scale>.yaml``). Its hash, with the scale, the dataset and the
+code version, is the *run key*: rows with equal run keys (the same model in several tables) share one
+training, and a row whose result file carries the current run key is skipped.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from bench import __version__
+from bench.data.datasets import LAYOUTS, check_root
+from bench.recipes import Row, Table
+from bench.resolve import _models_fingerprint, canonical_hash, row_config, row_status
+from bench.results import ResultReadError, read_result, result_path, run_dir
+from bench.vocab import RowStatus
+
+SCALES_DIR = Path(__file__).resolve().parent / "scales"
+_DATASET_WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset", "ConcatDataset")
+_RESIZES = ("Resize", "RandomResize", "RandomChoiceResize")
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    description: str
+    dataset: Optional[str]
+    input_size: Optional[list[int]]
+    iterations: Optional[int]
+    warmup_iters: Optional[int]
+    batch_size: Optional[int]
+    gpus: Optional[int]
+    workers: int
+    pretrained: bool
+    lr_scaling: str
+    checkpoint_interval: Optional[int]
+    val_max_images: Optional[int]
+    speed_images: int
+    seed: int
+
+    @classmethod
+    def load(cls, name: str) -> "Scale":
+        path = SCALES_DIR / f"{name}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in SCALES_DIR.glob("*.yaml"))
+            raise PlanError(f"unknown scale {name!r} (known: {', '.join(known)})")
+        data = yaml.safe_load(path.read_text())
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise PlanError(f"{path}: {e}") from None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def code_version() -> dict[str, str]:
+    """What the run key includes besides the config: bench, its model code, and the libraries."""
+    v = {"bench": __version__, "bench_models": _models_fingerprint()}
+    for lib in ("torch", "mmengine", "mmcv", "mmdet"):
+        try:
+            v[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            v[lib] = "missing"
+    return v
+
+
+# ------------------------------------------------------------------------------ config assembly
+def _walk(node: Any, fn) -> None:
+    if isinstance(node, dict):
+        fn(node)
+        for v in list(node.values()):
+            _walk(v, fn)
+    elif isinstance(node, list):
+        for v in node:
+            _walk(v, fn)
+
+
+def _inner_dataset(ds: dict) -> dict:
+    while ds.get("type") in _DATASET_WRAPPERS and isinstance(ds.get("dataset"), dict):
+        ds = ds["dataset"]
+    return ds
+
+
+def _set_num_classes(model: dict, n: int) -> None:
+    def fix(d: dict) -> None:
+        if d.get("num_classes") == 80:  # the COCO heads of mmdet's configs
+            d["num_classes"] = n
+    _walk(model, fix)
+
+
+def _strip_pretrained(model: dict) -> None:
+    def fix(d: dict) -> None:
+        ic = d.get("init_cfg")
+        if isinstance(ic, dict) and ic.get("type") == "Pretrained":
+            d["init_cfg"] = None
+        if isinstance(d.get("pretrained"), str):
+            d["pretrained"] = None
+    _walk(model, fix)
+
+
+def _resize_pipeline(pipeline: list, size_hw: list[int]) -> None:
+    h, w = size_hw
+    for i, t in enumerate(pipeline):
+        if isinstance(t, dict) and t.get("type") in _RESIZES:
+            pipeline[i] = {"type": "Resize", "scale": (w, h), "keep_ratio": True}
+
+
+def _apply_train_spec(cfg: dict, row: Row) -> None:
+    """Write the recipe's stated training setup into the config (the recipe is authoritative)."""
+    tr = row.train
+    ow = cfg.setdefault("optim_wrapper", {"type": "OptimWrapper"})
+    opt = ow.setdefault("optimizer", {})
+    if tr.optimizer and opt.get("type") != tr.optimizer:
+        opt.clear()
+        opt["type"] = tr.optimizer
+    if tr.lr is not None:
+        opt["lr"] = tr.lr
+    if tr.weight_decay is not None:
+        opt["weight_decay"] = tr.weight_decay
+    if tr.momentum is not None and opt.get("type") == "SGD":
+        opt["momentum"] = tr.momentum
+    if tr.epochs is not None:
+        cfg["train_cfg"] = {"type": "EpochBasedTrainLoop", "max_epochs": tr.epochs, "val_interval": tr.epochs}
+    elif tr.iters is not None:
+        cfg["train_cfg"] = {"type": "IterBasedTrainLoop", "max_iters": tr.iters, "val_interval": tr.iters}
+    if tr.lr_steps is not None:
+        by_epoch = tr.epochs is not None
+        for s in cfg.get("param_scheduler") or []:
+            if s.get("type") == "MultiStepLR":
+                s["milestones"] = list(tr.lr_steps)
+                s["by_epoch"] = by_epoch
+                s["end"] = tr.epochs if by_epoch else tr.iters
+    cfg["auto_scale_lr"] = {"enable": False, "base_batch_size": tr.batch_size or 16}
+
+
+def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: int, workers: int,
+                   flatten_wrappers: bool) -> list[str]:
+    layout = LAYOUTS[dataset]
+    root_s = str(root).rstrip("/") + "/"
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dl = cfg.get(key)
+        if not isinstance(dl, dict) or "dataset" not in dl:
+            continue
+        train = key == "train_dataloader"
+        ds = dl["dataset"]
+        inner = _inner_dataset(ds)
+        if flatten_wrappers:
+            dl["dataset"] = ds = inner
+        inner["type"] = layout.dataset_type
+        inner["data_root"] = root_s
+        inner["ann_file"] = layout.train_ann if train else layout.val_ann[eval_split]
+        inner["data_prefix"] = {"img": layout.train_img if train else layout.val_img[eval_split]}
+        if layout.classes is not None:
+            inner["metainfo"] = {"classes": list(layout.classes)}
+        dl["batch_size"] = batch if train else 1
+        dl["num_workers"] = workers
+        dl["persistent_workers"] = bool(workers)
+    for key in ("val_evaluator", "test_evaluator"):
+        ev = cfg.get(key)
+        evs = ev if isinstance(ev, list) else [ev]
+        for e in evs:
+            if isinstance(e, dict):
+                e["ann_file"] = root_s + layout.val_ann[eval_split]
+                e["metric"] = ["bbox", "segm"]
+                e.pop("format_only", None)
+                e.pop("outfile_prefix", None)
+    classes = list(layout.classes) if layout.classes else None
+    if classes is not None:
+        _set_num_classes(cfg["model"], len(classes))
+    return classes or []
+
+
+def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
+    """Apply the smoke scale's uniform overlay; return what it changed (recorded in the result)."""
+    n = scale.iterations
+    record: dict[str, Any] = {}
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dl = cfg.get(key) or {}
+        ds = dl.get("dataset") or {}
+        if isinstance(ds.get("pipeline"), list) and scale.input_size:
+            _resize_pipeline(ds["pipeline"], scale.input_size)
+        if key == "train_dataloader":
+            dl["sampler"] = {"type": "InfiniteSampler", "shuffle": True}
+            dl.pop("batch_sampler", None)
+    cfg["train_cfg"] = {"type": "IterBasedTrainLoop", "max_iters": n, "val_interval": n}
+    cfg["val_cfg"] = {"type": "ValLoop"}
+    cfg["test_cfg"] = {"type": "TestLoop"}
+    tr = row.train
+    milestones: list[int] = []
+    if tr.lr_steps and (tr.epochs or tr.iters):
+        total = tr.epochs or tr.iters
+        milestones = [max(1, round(n * s / total)) for s in tr.lr_steps]
+    cfg["param_scheduler"] = [
+        {"type": "LinearLR", "start_factor": 0.1, "by_epoch": False, "begin": 0, "end": scale.warmup_iters},
+    ] + ([{"type": "MultiStepLR", "by_epoch": False, "begin": 0, "end": n, "milestones": milestones, "gamma": 0.1}]
+         if milestones else [])
+    hooks = cfg.setdefault("default_hooks", {})
+    hooks["checkpoint"] = {"type": "CheckpointHook", "interval": scale.checkpoint_interval, "by_epoch": False,
+                           "max_keep_ckpts": 1, "save_last": True}
+    hooks["logger"] = {"type": "LoggerHook", "interval": 10}
+    cfg["log_processor"] = {"type": "LogProcessor", "window_size": 10, "by_epoch": False}
+    # gradient clipping keeps from-scratch SGD rows from blowing up in the first iterations
+    cfg.setdefault("optim_wrapper", {}).setdefault("clip_grad", {"max_norm": 35, "norm_type": 2})
+    record.update(iterations=n, lr_milestones=milestones, warmup_iters=scale.warmup_iters,
+                  input_size=scale.input_size, batch_size=scale.batch_size, pretrained=scale.pretrained)
+    return record
+
+
+@dataclass
+class RunSpec:
+    """Everything a job needs; picklable, so submitit can ship it to a local or SLURM process."""
+
+    run_key: str
+    config: dict
+    scale: str
+    scale_cfg: dict
+    dataset: str
+    dataset_root: str
+    eval_split: str
+    targets: list[dict]           # [{"table", "row", "label", "published", "path"}]
+    work_dir: str
+    batch_size: int
+    gpus: int
+    lr: Optional[float]
+    lr_scaled_from: Optional[float]
+    overlay: dict
+    versions: dict
+    config_hash: str
+    input_size: Optional[list[int]] = None
+
+
+def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | None,
+                     gpus: int | None = None) -> tuple[dict, dict, dict]:
+    """The full mmdet config of a row at a scale. Returns (config, overlay record, facts)."""
+    assert row.model is not None and row.model.config is not None
+    cfg = copy.deepcopy(row_config(row.model).to_dict())
+    _apply_train_spec(cfg, row)
+    facts: dict[str, Any] = {}
+    if scale.name == "smoke":
+        dataset, root, split = "synth", Path(data_root), "val"
+        batch, n_gpus = scale.batch_size, 0
+    else:
+        dataset, split = row.train.dataset, row.train.eval_split or ("val2017" if row.train.dataset == "coco" else "cityscapes-val")
+        if data_root is None:
+            raise PlanError(f"{table.name} row {row.id!r}: paper scale needs --data-root pointing at {dataset}")
+        root = Path(data_root)
+        check_root(dataset, root, split)
+        n_gpus = gpus or row.train.gpus or 1
+        batch = row.train.batch_size or 16
+    per_gpu = max(1, batch // max(1, n_gpus))
+    if not scale.pretrained:
+        _strip_pretrained(cfg["model"])
+    _apply_dataset(cfg, dataset, root, split, per_gpu, scale.workers, flatten_wrappers=scale.name == "smoke")
+    overlay = {"scale": scale.name}
+    if scale.name == "smoke":
+        overlay.update(_smoke_overlay(cfg, row, scale))
+    opt = cfg.get("optim_wrapper", {}).get("optimizer", {})
+    lr, scaled_from = opt.get("lr"), None
+    lr_rule = row.train.lr_scaling if scale.lr_scaling == "recipe" else scale.lr_scaling
+    paper_batch = row.train.batch_size
+    if lr is not None and lr_rule == "linear" and paper_batch and per_gpu * max(1, n_gpus) != paper_batch:
+        scaled_from = lr
+        lr = lr * per_gpu * max(1, n_gpus) / paper_batch
+        opt["lr"] = lr
+    overlay["lr_rule"] = lr_rule
+    cfg["randomness"] = {"seed": scale.seed, "deterministic": False}
+    cfg.setdefault("custom_hooks", [])
+    cfg["custom_hooks"] = [h for h in cfg["custom_hooks"] if h.get("type") not in ("BenchProgressHook", "CheckInvalidLossHook")]
+    cfg["custom_hooks"] += [{"type": "CheckInvalidLossHook", "interval": 1},
+                            {"type": "BenchProgressHook", "interval": 5}]
+    cfg["launcher"] = "none"
+    cfg.pop("work_dir", None)
+    cfg.pop("load_from", None)
+    cfg.pop("resume", None)
+    facts.update(dataset=dataset, root=str(root), eval_split=split, batch=per_gpu * max(1, n_gpus),
+                 gpus=n_gpus, lr=lr, lr_scaled_from=scaled_from)
+    return cfg, overlay, facts
+
+
+# ----------------------------------------------------------------------------------------- plan
+@dataclass
+class PlannedRow:
+    table: str
+    row: Row
+    status: RowStatus
+    reason: str
+    action: str                   # "run" | "done" | "shared" | "cannot run"
+    run_key: Optional[str] = None
+    result: Optional[str] = None
+    shared_with: list[str] = field(default_factory=list)
+    est_minutes: Optional[float] = None
+    est_gpu_hours: Optional[float] = None
+
+
+@dataclass
+class Plan:
+    scale: Scale
+    rows: list[PlannedRow]
+    runs: dict[str, RunSpec]
+
+
+def _synth_root() -> Path:
+    from bench.data import synth
+
+    return synth.default_dir()
+
+
+#: measured on 2 CPU cores (benchmarks/): minutes per smoke-scale run of the kernel/Mask R-CNN family
+SMOKE_MINUTES_PER_RUN = 2.5
+
+
+def _gpu_hours(row: Row) -> Optional[float]:
+    """A rough paper-scale cost: V100-hours per COCO epoch (mmdet model-zoo train times) x epochs x GPUs."""
+    tr = row.train
+    if not tr.epochs:
+        return None
+    per_epoch_8gpu_h = 0.45 if tr.dataset == "coco" else 0.05  # Mask R-CNN R50 1x: ~5.5 h on 8 V100 for 12 epochs
+    return round(per_epoch_8gpu_h * 8 * tr.epochs, 1)
+
+
+def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
+              data_root: Path | None = None, force: bool = False, gpus: int | None = None) -> Plan:
+    scale = Scale.load(scale_name)
+    if scale.name == "smoke" and data_root is None:
+        data_root = _synth_root()
+    versions = code_version()
+    planned: list[PlannedRow] = []
+    runs: dict[str, RunSpec] = {}
+    for table, rows in tables:
+        for row in rows:
+            status, reason = row_status(row)
+            pr = PlannedRow(table.name, row, status, reason, "cannot run")
+            planned.append(pr)
+            if status is not RowStatus.RUNNABLE:
+                continue
+            if row.model.module is not None:
+                pr.reason = "layer-only row: profiled by `bench profile`, nothing to train"
+                continue
+            try:
+                cfg, overlay, facts = build_run_config(table, row, scale, data_root, gpus)
+            except Exception as e:  # noqa: BLE001 - a row that cannot be assembled is reported, not fatal
+                pr.reason = f"cannot assemble its config: {e}"
+                continue
+            data_key = (f"synth:{Path(facts['root']).name}" if facts["dataset"] == "synth"
+                        else f"{facts['dataset']}:{facts['root']}:{facts['eval_split']}")
+            config_hash = canonical_hash(cfg)
+            key = canonical_hash({"config": config_hash, "scale": scale.as_dict(), "data": data_key,
+                                  "code": versions})
+            pr.run_key = key
+            path = result_path(results_root, scale.name, table.name, row.id)
+            pr.result = str(path)
+            pr.est_minutes = SMOKE_MINUTES_PER_RUN if scale.name == "smoke" else None
+            pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
+            target = {"table": table.name, "row": row.id, "label": row.label,
+                      "published": dict(row.published), "path": str(path)}
+            if not force and path.exists():
+                try:
+                    res = read_result(path)
+                    if res.run_key == key and res.status == "done":
+                        pr.action = "done"
+                        continue
+                except ResultReadError:
+                    pass
+            if key in runs:
+                pr.action = "shared"
+                runs[key].targets.append(target)
+                continue
+            pr.action = "run"
+            runs[key] = RunSpec(
+                run_key=key, config=cfg, scale=scale.name, scale_cfg=scale.as_dict(), dataset=facts["dataset"],
+                dataset_root=facts["root"], eval_split=facts["eval_split"], targets=[target],
+                work_dir=str(run_dir(results_root, scale.name, key)), batch_size=facts["batch"],
+                gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
+                versions=versions, config_hash=config_hash, input_size=scale.input_size)
+    for pr in planned:
+        if pr.run_key in runs:
+            pr.shared_with = [f"{t['table']}/{t['row']}" for t in runs[pr.run_key].targets
+                              if (t["table"], t["row"]) != (pr.table, pr.row.id)]
+    return Plan(scale, planned, runs)

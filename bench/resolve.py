@@ -1,0 +1,191 @@
+"""From a recipe row to a full mmdet config: base config + row overrides (+ later a scale overlay).
+
+Also answers, for ``bench list``/``show``, whether a row is runnable: every ``type`` its model config
+names must be known to mmdet's registries (with ``bench.models`` imported). Importing mmdet costs
+seconds, so the set of registered type names is cached on disk, keyed by the mmdet version and the
+contents of ``bench/models``; the CLI's listing commands never import torch.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.recipes import ModelSpec, RecipeError, Row, Table
+from bench.vocab import RowStatus
+
+BENCH_DIR = Path(__file__).resolve().parent
+BENCH_CONFIGS = BENCH_DIR / "configs"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("BENCH_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+
+
+def mmdet_configs_dir() -> Path:
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or not spec.submodule_search_locations:
+        raise RecipeError("mmdet is not installed (run ./install.sh)")
+    return Path(list(spec.submodule_search_locations)[0]) / ".mim" / "configs"
+
+
+def config_file(ref: str) -> Path:
+    scope, _, rel = ref.partition("::")
+    path = (mmdet_configs_dir() if scope == "mmdet" else BENCH_CONFIGS) / rel
+    if not path.is_file():
+        raise RecipeError(f"config {ref!r} not found ({path})")
+    return path
+
+
+def _configs_fingerprint() -> str:
+    h = hashlib.sha256()
+    try:
+        h.update(importlib.metadata.version("mmdet").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for p in sorted(BENCH_CONFIGS.rglob("*.py")):
+        h.update(str(p.relative_to(BENCH_CONFIGS)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_base(ref: str) -> dict:
+    """The base config as a dict. mmengine's parser takes ~0.4 s a file, so parsed configs are cached
+    on disk (pickle keeps tuples), keyed by mmdet's version and the contents of bench/configs."""
+    import pickle
+
+    path = config_file(ref)
+    key = hashlib.sha256(f"{ref}|{_configs_fingerprint()}".encode()).hexdigest()[:20]
+    cached = cache_dir() / "configs" / f"{key}.pkl"
+    if cached.exists():
+        try:
+            return pickle.loads(cached.read_bytes())
+        except Exception:  # noqa: BLE001 - a bad cache entry is rebuilt
+            pass
+    from mmengine.config import Config
+
+    data = Config.fromfile(str(path)).to_dict()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(data))
+    os.replace(tmp, cached)
+    return data
+
+
+def row_config(spec: ModelSpec) -> "Config":  # noqa: F821
+    """The row's model config with its overrides merged (mmengine semantics, ``_delete_`` honoured)."""
+    from mmengine.config import Config
+
+    if spec.module is not None:
+        return Config({"module": dict(spec.module)})
+    cfg = Config(_load_base(spec.config))
+    if spec.overrides:
+        cfg.merge_from_dict(spec.overrides, allow_list_keys=True)
+    return cfg
+
+
+def iter_types(node: Any) -> Iterator[str]:
+    """Every string ``type`` named anywhere inside a config node."""
+    if isinstance(node, dict):
+        t = node.get("type")
+        if isinstance(t, str):
+            yield t
+        for v in node.values():
+            yield from iter_types(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from iter_types(v)
+
+
+def _models_fingerprint() -> str:
+    h = hashlib.sha256()
+    try:
+        h.update(importlib.metadata.version("mmdet").encode())
+    except importlib.metadata.PackageNotFoundError:
+        h.update(b"no-mmdet")
+    for p in sorted((BENCH_DIR / "models").glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def register_all() -> None:
+    """Import mmdet's modules and bench's components into the registries (the one place that does)."""
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    import bench.hooks  # noqa: F401  (progress hook)
+    import bench.models  # noqa: F401  (registers the papers' components)
+
+
+@functools.lru_cache(maxsize=None)
+def known_types() -> frozenset[str]:
+    """Names registered in mmdet's (and mmengine's) registries, plus bench's components."""
+    path = cache_dir() / f"types-{_models_fingerprint()}.json"
+    if path.exists():
+        return frozenset(json.loads(path.read_text()))
+    register_all()
+    import mmdet.registry as reg
+    from mmengine.registry import Registry
+
+    names: set[str] = set()
+    for obj in vars(reg).values():
+        r = obj
+        while isinstance(r, Registry):
+            names.update(r.module_dict)
+            r = r.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sorted(names)))
+    os.replace(tmp, path)
+    return frozenset(names)
+
+
+def missing_types(spec: ModelSpec) -> list[str]:
+    cfg = row_config(spec)
+    node = cfg.get("module") if spec.module is not None else cfg.get("model")
+    known = known_types()
+    missing = []
+    for t in iter_types(node):
+        name = t.split(".", 1)[1] if "." in t and t.split(".", 1)[0] in ("mmdet", "mmengine", "mmcv") else t
+        if name not in known and t not in missing:
+            missing.append(t)
+    return missing
+
+
+def row_status(row: Row) -> tuple[RowStatus, str]:
+    """(status, reason) of a recipe row: runnable, model missing (which types), or reference only."""
+    if row.reference_only is not None:
+        return RowStatus.REFERENCE_ONLY, row.reference_only
+    assert row.model is not None
+    try:
+        missing = missing_types(row.model)
+    except RecipeError as e:
+        return RowStatus.MODEL_MISSING, str(e)
+    if missing:
+        return RowStatus.MODEL_MISSING, "not implemented: " + ", ".join(missing)
+    return RowStatus.RUNNABLE, ""
+
+
+def canonical_hash(obj: Any, n: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def model_hash(row: Row) -> str | None:
+    """Hash of the row's resolved model config and training setup: equal models share a hash."""
+    if row.model is None:
+        return None
+    cfg = row_config(row.model).to_dict()
+    return canonical_hash({"config": cfg, "train": row.train.model_dump()})
+
+
+def table_statuses(table: Table) -> dict[str, tuple[RowStatus, str]]:
+    return {r.id: row_status(r) for r in table.rows}

@@ -1,0 +1,26 @@
+"""`bench list`: every table with row counts by status; --json with positions, ids, statuses, hashes."""
+import json
+
+
+def test_list_table(cli):
+    res = cli("list")
+    assert "csr-d2s/table-ii" in res.output and "sbr-cnn/table-2" in res.output
+
+
+def test_list_json(cli):
+    data = json.loads(cli("list", "--json").output)
+    tables = {t["table"]: t for t in data}
+    t2 = tables["csr-d2s/table-ii"]
+    assert [r["position"] for r in t2["rows"]] == [1, 2, 3, 4]
+    assert t2["rows"][0]["published"] == {"mask_AP": 34.1, "mask_AP50": 55.5, "mask_AP75": 35.7, "fps": 18.3}
+    statuses = {r["status"] for t in data for r in t["rows"]}
+    assert statuses <= {"runnable", "model missing", "reference only"}
+    polar = next(r for r in tables["csr-d2s/table-i"]["rows"] if r["id"] == "polarmask")
+    assert polar["status"] == "reference only" and polar["config_hash"] is None
+
+
+def test_identical_models_share_a_config_hash(cli):
+    data = {t["table"]: {r["id"]: r for r in t["rows"]} for t in json.loads(cli("list", "--json").output)}
+    full = data["csr-d2s/table-ii"]["csr-d2s"]["config_hash"]
+    assert full and full == data["csr-d2s/table-i"]["ours"]["config_hash"]
+    assert data["csr-d2s/table-iii"]["csr-128"]["config_hash"] != data["csr-d2s/table-iii"]["csr-1024"]["config_hash"]

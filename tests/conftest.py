@@ -1,0 +1,55 @@
+"""Shared fixtures. Tests use the real recipes, real mmdet models and real pycocotools; they build
+models without pretrained weights and train on the synthetic dataset."""
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Invoke `bench` in-process with its own results folder; returns (exit_code, output)."""
+    from bench.cli import main
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    runner = CliRunner()
+
+    def invoke(*args: str, expect: int | None = 0):
+        res = runner.invoke(main, list(args), catch_exceptions=False)
+        if expect is not None:
+            assert res.exit_code == expect, f"exit {res.exit_code}, expected {expect}:\n{res.output}"
+        return res
+
+    return invoke
+
+
+@pytest.fixture
+def recipe_dir(tmp_path):
+    """A scratch recipes folder holding a copy of csr-d2s's _paper.yaml, for writing bad recipes."""
+    root = tmp_path / "recipes"
+    (root / "csr-d2s").mkdir(parents=True)
+    shutil.copy(REPO / "recipes" / "csr-d2s" / "_paper.yaml", root / "csr-d2s" / "_paper.yaml")
+
+    def write(body: str, name: str = "table-ii") -> Path:
+        path = root / "csr-d2s" / f"{name}.yaml"
+        path.write_text(textwrap.dedent(body))
+        return path
+
+    write.root = root
+    return write
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """The embedded synthetic dataset, small: 16 train and 8 val images."""
+    from bench.data import synth
+
+    out = tmp_path_factory.mktemp("data") / "synth"
+    synth.generate(out, synth.SynthSpec(train_images=16, val_images=8))
+    return out
