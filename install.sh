@@ -34,7 +34,7 @@ VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install --disable-pip-version-check -q)
 
 # setuptools 80.x: still ships pkg_resources (mmcv's setup.py imports it) and satisfies torch 2.13.
-"${PIP[@]}" "setuptools==80.10.2" wheel ninja
+"${PIP[@]}" "setuptools==80.10.2" wheel ninja numpy
 if [[ $CUDA == 0 ]]; then
   "$VPY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null \
     || { log "installing torch $TORCH_VERSION (CPU)"; "${PIP[@]}" "torch==$TORCH_VERSION"; }

@@ -302,8 +302,9 @@ def _print_plan(plan) -> None:
 @main.command("run")
 @click.argument("table")
 @click.argument("rows", nargs=-1)
-@click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True,
-              help="smoke: synthetic data, tiny schedule, CPU. paper: the recipe as the paper states it.")
+@click.option("--scale", default="smoke", show_default=True,
+              help="smoke: synthetic data, tiny schedule, CPU. paper: the recipe as the paper states it. "
+                   "Or a scale YAML (a variant of bench/scales/smoke.yaml).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset root (COCO or Cityscapes layout) for --scale paper; the synthetic set's folder for smoke.")
 @click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local", show_default=True,
@@ -327,6 +328,8 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
     cat, t = _load(ctx, table)
     selected = _select_rows(t, rows)
     root = _results_root(ctx)
+    if scale == "paper" and data_root is None:
+        raise BenchError("--scale paper needs --data-root (a COCO or Cityscapes root; see `bench data check`)")
     try:
         plan = make_plan([(t, selected)], scale, root, data_root=data_root, force=force, gpus=gpus)
     except (PlanError, DataError) as e:
@@ -334,13 +337,15 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
     _print_plan(plan)
     if dry_run or not plan.runs:
         if not plan.runs and not dry_run:
-            click.echo("nothing to run: every runnable row is done (use --force to rerun)")
+            done = sum(pr.action == "done" for pr in plan.rows)
+            cannot = sum(pr.action == "cannot run" for pr in plan.rows)
+            click.echo(f"nothing to run: {done} row(s) already done (--force reruns them), {cannot} cannot run")
         return
     runs = list(plan.runs.values())
-    if scale == "smoke":
+    if plan.scale.name == "smoke":
         from bench.data import synth
 
-        synth.generate(Path(runs[0].dataset_root))
+        synth.generate(Path(runs[0].dataset_root), synth.SynthSpec(**runs[0].data_spec))
     if cluster == "slurm":
         from bench.cluster import submit_slurm
 
@@ -350,7 +355,7 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
             raise BenchError(str(e)) from None
         for j in jobs:
             click.echo(j)
-        click.echo("submitted; follow with `bench status " + t.name + f" --scale {scale}`")
+        click.echo("submitted; follow with `bench status " + t.name + f" --scale {plan.scale.name}`")
         return
     outcomes = _run_with_progress(runs, cluster, max_parallel)
     failed = [o for o in outcomes if not o.ok]

@@ -223,7 +223,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if spec.dataset == "synth":
         from bench.data import synth
 
-        synth.generate(Path(spec.dataset_root))
+        synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
     cfg = Config(spec.config)
     cfg.work_dir = str(work / "train")
     if resume and (work / "train" / "last_checkpoint").exists():

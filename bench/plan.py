@@ -49,18 +49,24 @@ class Scale:
     val_max_images: Optional[int]
     speed_images: int
     seed: int
+    synth: Optional[dict] = None   # smoke: the synthetic set's spec (train_images, val_images, size)
 
     @classmethod
     def load(cls, name: str) -> "Scale":
-        path = SCALES_DIR / f"{name}.yaml"
+        """A shipped scale by name (smoke, paper), or a scale file by path: a variant of one of them
+        (its ``name`` must be smoke or paper, which decides where results go and how they are labelled)."""
+        path = Path(name) if name.endswith((".yaml", ".yml")) else SCALES_DIR / f"{name}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in SCALES_DIR.glob("*.yaml"))
-            raise PlanError(f"unknown scale {name!r} (known: {', '.join(known)})")
+            raise PlanError(f"unknown scale {name!r} (known: {', '.join(known)}, or a path to a scale YAML)")
         data = yaml.safe_load(path.read_text())
         try:
-            return cls(**data)
+            scale = cls(**data)
         except TypeError as e:
             raise PlanError(f"{path}: {e}") from None
+        if scale.name not in ("smoke", "paper"):
+            raise PlanError(f"{path}: field name: must be 'smoke' or 'paper', got {scale.name!r}")
+        return scale
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -240,6 +246,7 @@ class RunSpec:
     versions: dict
     config_hash: str
     input_size: Optional[list[int]] = None
+    data_spec: Optional[dict] = None   # the synthetic set's spec (smoke), so any job process can make it
 
 
 def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | None,
@@ -312,10 +319,18 @@ class Plan:
     runs: dict[str, RunSpec]
 
 
-def _synth_root() -> Path:
+def synth_spec(scale: Scale):
     from bench.data import synth
 
-    return synth.default_dir()
+    d = dict(scale.synth or {})
+    size = d.pop("size", 256)
+    return synth.SynthSpec(width=size, height=size, **d)
+
+
+def _synth_root(scale: Scale) -> Path:
+    from bench.data import synth
+
+    return synth.default_dir(synth_spec(scale))
 
 
 #: measured on 2 CPU cores (benchmarks/): minutes per smoke-scale run of the kernel/Mask R-CNN family
@@ -335,7 +350,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
               data_root: Path | None = None, force: bool = False, gpus: int | None = None) -> Plan:
     scale = Scale.load(scale_name)
     if scale.name == "smoke" and data_root is None:
-        data_root = _synth_root()
+        data_root = _synth_root(scale)
     versions = code_version()
     planned: list[PlannedRow] = []
     runs: dict[str, RunSpec] = {}
@@ -384,7 +399,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 dataset_root=facts["root"], eval_split=facts["eval_split"], targets=[target],
                 work_dir=str(run_dir(results_root, scale.name, key)), batch_size=facts["batch"],
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
-                versions=versions, config_hash=config_hash, input_size=scale.input_size)
+                versions=versions, config_hash=config_hash, input_size=scale.input_size,
+                data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None))
     for pr in planned:
         if pr.run_key in runs:
             pr.shared_with = [f"{t['table']}/{t['row']}" for t in runs[pr.run_key].targets

@@ -7,6 +7,7 @@ contents of ``bench/models``; the CLI's listing commands never import torch.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -87,7 +88,8 @@ def row_config(spec: ModelSpec) -> "Config":  # noqa: F821
         return Config({"module": dict(spec.module)})
     cfg = Config(_load_base(spec.config))
     if spec.overrides:
-        cfg.merge_from_dict(spec.overrides, allow_list_keys=True)
+        # mmengine's merge pops `_delete_` from the dict it is given: hand it a copy
+        cfg.merge_from_dict(copy.deepcopy(spec.overrides), allow_list_keys=True)
     return cfg
 
 
@@ -125,17 +127,23 @@ def register_all() -> None:
     import bench.models  # noqa: F401  (registers the papers' components)
 
 
+_TYPES_INDEX_VERSION = 2  # bump when what known_types() collects changes
+
+
 @functools.lru_cache(maxsize=None)
 def known_types() -> frozenset[str]:
     """Names registered in mmdet's (and mmengine's) registries, plus bench's components."""
-    path = cache_dir() / f"types-{_models_fingerprint()}.json"
+    path = cache_dir() / f"types-v{_TYPES_INDEX_VERSION}-{_models_fingerprint()}.json"
     if path.exists():
         return frozenset(json.loads(path.read_text()))
     register_all()
     import mmdet.registry as reg
     from mmengine.registry import Registry
 
-    names: set[str] = set()
+    import mmcv.ops
+
+    # RoI layers and NMS are looked up by name in mmcv.ops, not through a registry
+    names: set[str] = {n for n in dir(mmcv.ops) if not n.startswith("_")}
     for obj in vars(reg).values():
         r = obj
         while isinstance(r, Registry):

@@ -214,8 +214,15 @@ def generate(out: Path, spec: SynthSpec = SynthSpec(), force: bool = False) -> d
     return manifest
 
 
-def default_dir() -> Path:
-    """Where the embedded default dataset lives unless told otherwise (``$BENCH_DATA``)."""
+def default_dir(spec: SynthSpec = SynthSpec()) -> Path:
+    """Where the synthetic set of ``spec`` lives unless told otherwise (under ``$BENCH_DATA``)."""
     env = os.environ.get("BENCH_DATA")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench" / "data"
-    return base / f"synth-{SynthSpec().key()}"
+    return base / f"synth-{spec.key()}"
+
+
+def spec_from_manifest(root: Path) -> SynthSpec | None:
+    try:
+        return SynthSpec(**json.loads((Path(root) / "manifest.json").read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
