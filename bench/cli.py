@@ -335,9 +335,14 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
     _print_plan(plan)
+    if plan.reuse and not dry_run:
+        from bench.plan import apply_reuse
+
+        for name in apply_reuse(plan):
+            click.echo(f"{name}: result written from the finished run of the same model (no new training)")
     if dry_run or not plan.runs:
         if not plan.runs and not dry_run:
-            done = sum(pr.action == "done" for pr in plan.rows)
+            done = sum(pr.action in ("done", "reuse") for pr in plan.rows)
             cannot = sum(pr.action == "cannot run" for pr in plan.rows)
             click.echo(f"nothing to run: {done} row(s) already done (--force reruns them), {cannot} cannot run")
         return

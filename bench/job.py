@@ -111,16 +111,18 @@ def measure_flops(model, data: dict) -> tuple[Optional[float], str]:
 
 
 def measure_speed(model, dataloader, n_images: int, warmup: int = 3) -> tuple[Optional[float], str]:
-    """Images per second, batch 1, after warm-up, with synchronised timing; data loading excluded."""
+    """Images per second, batch 1, after warm-up, with synchronised timing; data loading excluded.
+    A split smaller than warm-up + n_images is cycled through again."""
+    import itertools
+
     import torch
 
     model.eval()
     cuda = torch.cuda.is_available() and next(model.parameters()).is_cuda
     times = []
+    batches = itertools.islice(itertools.cycle(dataloader), warmup + n_images) if len(dataloader) else []
     with torch.no_grad():
-        for i, data in enumerate(dataloader):
-            if i >= warmup + n_images:
-                break
+        for i, data in enumerate(batches):
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -162,6 +164,9 @@ def _versions() -> dict[str, str]:
 
 
 def _results_for(spec: RunSpec, base: dict) -> list[Path]:
+    """Write each target row's result file, and the run's own record (``<work_dir>/result.json``),
+    from which a later plan serves other rows that need the same run without training again."""
+    atomic_write_json(Path(spec.work_dir) / "result.json", base)
     paths = []
     for t in spec.targets:
         others = [f"{o['table']}/{o['row']}" for o in spec.targets if o is not t]
@@ -195,7 +200,7 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     base.update(status="done", measured=measured, measured_notes=notes, measurement=measurement,
                 finished_at=_now(), wall_s=round(time.time() - t0, 1), log_tail=log_tail(work, 5))
     paths = _results_for(spec, base)
-    write_state(work, state="done")
+    write_state(work, state="done", iter=measurement.get("iterations"), max_iters=spec.overlay.get("iterations"))
     return [str(p) for p in paths]
 
 
@@ -208,6 +213,8 @@ def _failure_reason(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (SIGINT)"
     tb = traceback.extract_tb(e.__traceback__)
+    if tb and Path(tb[-1].filename).name == "checkloss_hook.py":
+        return "NaN/inf loss (mmengine CheckInvalidLossHook stopped the training)"
     where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
     return text.splitlines()[0][:500] + where
 
@@ -226,8 +233,11 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
     cfg = Config(spec.config)
     cfg.work_dir = str(work / "train")
-    if resume and (work / "train" / "last_checkpoint").exists():
+    resumed_from = None
+    last = work / "train" / "last_checkpoint"
+    if resume and last.exists():
         cfg.resume = True  # mmengine finds the latest checkpoint in work_dir
+        resumed_from = last.read_text().strip()
     cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -236,12 +246,18 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     notes: dict[str, str] = {}
     model = runner.model
     measured["params_M"] = count_trainable(model) / 1e6
+    if spec.dataset == "synth":
+        notes["params_M"] = (f"trainable parameters of the model as trained here: {len(cfg.train_dataloader.dataset.metainfo['classes'])} "
+                             "classes (synthetic set) instead of the paper's, so class-dependent layers are smaller; "
+                             "`bench profile` counts the paper's configuration")
     data = next(iter(runner.test_dataloader))
     data = model.data_preprocessor(data, False)
     gflops, flops_note = measure_flops(model, data)
     measured["gflops"] = round(gflops, 2) if gflops is not None else None
     if gflops is None:
         notes["gflops"] = flops_note
+    elif spec.input_size:
+        notes["gflops"] = f"at the run's input size {spec.input_size[0]}x{spec.input_size[1]}, not the paper's"
     fps, proto = measure_speed(model, runner.test_dataloader, spec.scale_cfg["speed_images"])
     if fps is not None:
         measured["fps"] = round(fps, 2)
@@ -262,4 +278,6 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         gpus=spec.gpus, lr=spec.lr, lr_scaled_from=spec.lr_scaled_from, input_size=input_size,
         pretrained=bool(spec.scale_cfg["pretrained"]), seed=int(spec.scale_cfg["seed"]),
         device=device_description(), speed_protocol=proto, flops_note=flops_note)
-    return measured, notes, measurement.model_dump(mode="json")
+    m = measurement.model_dump(mode="json")
+    m["resumed_from"] = resumed_from
+    return measured, notes, m

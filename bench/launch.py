@@ -79,6 +79,23 @@ def _job_entry(spec: RunSpec) -> list[str]:
         clear_pending(spec)
 
 
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _failure_of(spec: RunSpec) -> Optional[str]:
+    """The failure reason the job itself recorded, if it got that far."""
+    for t in spec.targets:
+        try:
+            res = read_result(Path(t["path"]))
+        except (FileNotFoundError, ResultReadError):
+            continue
+        if res.run_key == spec.run_key and res.failure:
+            return res.failure
+    return None
+
+
 @dataclass
 class Outcome:
     spec: RunSpec
@@ -105,6 +122,8 @@ def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> l
             out.append(Outcome(spec, True, "done"))
         except Exception as e:  # noqa: BLE001 - the job recorded the failure; the batch goes on
             out.append(Outcome(spec, False, f"{type(e).__name__}: {e}"))
+        if on_progress:
+            on_progress(spec, read_state(spec.work_dir) | {"finished": True})
     return out
 
 
@@ -144,7 +163,7 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                     job.result()
                     outcomes.append(Outcome(spec, True, "done"))
                 except Exception as e:  # noqa: BLE001
-                    detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    detail = _failure_of(spec) or _last_line(str(e)) or type(e).__name__
                     record_unfinished(spec, f"job {job.job_id} ended without a result: {detail}")
                     clear_pending(spec)
                     outcomes.append(Outcome(spec, False, detail))

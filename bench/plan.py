@@ -50,6 +50,7 @@ class Scale:
     speed_images: int
     seed: int
     synth: Optional[dict] = None   # smoke: the synthetic set's spec (train_images, val_images, size)
+    caps: Optional[dict] = None    # smoke: upper bounds on sampling/proposal counts in model train/test cfgs
 
     @classmethod
     def load(cls, name: str) -> "Scale":
@@ -189,6 +190,29 @@ def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: 
     return classes or []
 
 
+def _apply_caps(model: dict, caps: dict) -> list[str]:
+    """Lower sampling and proposal counts inside the model's train_cfg/test_cfg (never architecture):
+    e.g. RoI sampler num 512 -> 128. Returns what changed, 'path: old -> new'."""
+    changed: list[str] = []
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                p = f"{path}.{k}"
+                if k in caps and isinstance(v, int) and not isinstance(v, bool) and v > caps[k]:
+                    node[k] = caps[k]
+                    changed.append(f"{p}: {v} -> {caps[k]}")
+                else:
+                    visit(v, p)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                visit(v, f"{path}[{i}]")
+
+    for part in ("train_cfg", "test_cfg"):
+        visit(model.get(part), f"model.{part}")
+    return changed
+
+
 def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
     """Apply the smoke scale's uniform overlay; return what it changed (recorded in the result)."""
     n = scale.iterations
@@ -201,6 +225,9 @@ def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
         if key == "train_dataloader":
             dl["sampler"] = {"type": "InfiniteSampler", "shuffle": True}
             dl.pop("batch_sampler", None)
+    capped = _apply_caps(cfg["model"], scale.caps or {})
+    if capped:
+        record["caps"] = capped
     cfg["train_cfg"] = {"type": "IterBasedTrainLoop", "max_iters": n, "val_interval": n}
     cfg["val_cfg"] = {"type": "ValLoop"}
     cfg["test_cfg"] = {"type": "TestLoop"}
@@ -317,6 +344,7 @@ class Plan:
     scale: Scale
     rows: list[PlannedRow]
     runs: dict[str, RunSpec]
+    reuse: list[tuple[dict, Path]] = field(default_factory=list)   # (target, finished run's result.json)
 
 
 def synth_spec(scale: Scale):
@@ -354,6 +382,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
     versions = code_version()
     planned: list[PlannedRow] = []
     runs: dict[str, RunSpec] = {}
+    reuse: list[tuple[dict, Path]] = []
     for table, rows in tables:
         for row in rows:
             status, reason = row_status(row)
@@ -393,6 +422,12 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 pr.action = "shared"
                 runs[key].targets.append(target)
                 continue
+            done_run = run_dir(results_root, scale.name, key) / "result.json"
+            if not force and _run_done(done_run):
+                pr.action = "reuse"
+                pr.reason = f"same model already trained for another row: {done_run.parent.name}"
+                reuse.append((target, done_run))
+                continue
             pr.action = "run"
             runs[key] = RunSpec(
                 run_key=key, config=cfg, scale=scale.name, scale_cfg=scale.as_dict(), dataset=facts["dataset"],
@@ -405,4 +440,31 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
         if pr.run_key in runs:
             pr.shared_with = [f"{t['table']}/{t['row']}" for t in runs[pr.run_key].targets
                               if (t["table"], t["row"]) != (pr.table, pr.row.id)]
-    return Plan(scale, planned, runs)
+    return Plan(scale, planned, runs, reuse)
+
+
+def _run_done(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def apply_reuse(plan: Plan) -> list[str]:
+    """Write the result files of rows served by a run that already finished for other rows."""
+    import json
+
+    from bench.results import Result, write_result
+
+    written = []
+    for target, run_result in plan.reuse:
+        base = json.loads(run_result.read_text())
+        base.pop("shared_with", None)
+        res = Result(table=target["table"], row=target["row"], label=target["label"], published=target["published"],
+                     shared_with=[], **{k: v for k, v in base.items() if k in Result.model_fields
+                                        and k not in ("table", "row", "label", "published")})
+        write_result(Path(target["path"]), res)
+        written.append(f"{target['table']}/{target['row']}")
+    return written

@@ -39,7 +39,7 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class PaperInfo(_Strict):
-    slug: Literal["csr-d2s", "amf-sparseinst", "isda", "sa-fpn", "sbr-cnn"]
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="the folder name under recipes/")
     title: str
     authors: list[str]
     venue: Optional[str] = None

@@ -49,6 +49,7 @@ class Measurement(BaseModel):
     evaluator: str = "pycocotools COCOeval (mmdet CocoMetric)"
     speed_protocol: Optional[str] = None
     flops_note: Optional[str] = None
+    resumed_from: Optional[str] = Field(None, description="checkpoint the training resumed from, if it was interrupted")
 
 
 class Result(BaseModel):

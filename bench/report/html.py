@@ -1,0 +1,101 @@
+"""HTML pages of a report: jinja2 templates (``templates/*.html.j2``) with autoescaping always on.
+
+Pages are self-contained: inline CSS, no scripts or fonts from anywhere, figures as files beside the
+page linked by relative paths (so a report folder can be copied, zipped or served as it is).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+from urllib.parse import quote
+
+from bench import __version__
+from bench.report import rules, text
+from bench.report.frame import TableView
+from bench.report.plots import Plot
+
+if TYPE_CHECKING:
+    import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> "jinja2.Environment":
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(published=text.published, measured=text.measured, delta=text.delta, number=text.number,
+                       signed=text.signed, noise=text.noise, claim_delta=text.claim_delta,
+                       when=text.when, hardware=text.hardware)
+    env.globals.update(rules=rules, version=__version__)
+    return env
+
+
+def href(target: Path, page_dir: Path) -> str:
+    """A relative, URL-quoted link from a page in ``page_dir`` to ``target``."""
+    rel = os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())
+    return quote(Path(rel).as_posix())
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Summary:
+    """One table's line on the index page (also stored as JSON beside its page)."""
+
+    name: str
+    paper: str
+    number: str
+    title: str
+    rows: int
+    counts: dict[str, int]
+    verdicts: dict[str, int]
+    problems: int
+    generated_at: str
+    page: str                 # path of the page relative to the index
+
+
+def summary_of(view: TableView, page: Path, index_dir: Path) -> Summary:
+    t = view.table
+    return Summary(name=t.name, paper=t.paper.slug, number=t.number, title=t.title, rows=len(view.rows),
+                   counts=view.counts(), verdicts=view.verdict_counts(), problems=len(view.problems),
+                   generated_at=now(), page=href(page, index_dir))
+
+
+def _footnotes(view: TableView) -> dict[tuple[str, str], int]:
+    """Number each published note ('?' cells and doubtful ones) in reading order."""
+    notes: dict[tuple[str, str], int] = {}
+    for rv in view.rows:
+        for key in view.metric_keys:
+            if key in rv.row.published_notes:
+                notes[(rv.row.id, key)] = len(notes) + 1
+    return notes
+
+
+def render_table_page(view: TableView, plots: Sequence[Plot], page: Path,
+                      exports: dict[str, Path], index: Optional[Path]) -> str:
+    page_dir = page.parent
+    logs = {rv.row.id: href(rv.provenance.log_path, page_dir)
+            for rv in view.rows if rv.provenance and rv.provenance.log_path}
+    return environment().get_template("table.html.j2").render(
+        view=view, table=view.table, plots=[(p, {f: href(path, page_dir) for f, path in p.files.items()}) for p in plots],
+        exports={fmt: href(path, page_dir) for fmt, path in exports.items()},
+        index=href(index, page_dir) if index else None, logs=logs, footnotes=_footnotes(view), generated_at=now())
+
+
+def render_index(summaries: Sequence[Summary], scale: str, problems: Sequence[str],
+                 exports: dict[str, str]) -> str:
+    totals = {k: sum(s.counts.get(k, 0) for s in summaries) for k in ("done", "failed", "pending", "not-run",
+                                                                      "not-runnable")}
+    verdicts = {str(v): sum(s.verdicts.get(str(v), 0) for s in summaries) for v in rules.Verdict}
+    return environment().get_template("index.html.j2").render(
+        summaries=summaries, scale=scale, smoke=scale == "smoke", totals=totals, verdicts=verdicts,
+        rows=sum(s.rows for s in summaries), problems=problems, exports=exports, generated_at=now())

@@ -1,0 +1,195 @@
+"""How a report judges numbers, defined once: tolerances, cell agreement and the claim verdict rule.
+
+Everything a report page says about "matches" and "held" comes from this module; the page prints
+``CELL_RULE`` and ``VERDICT_RULE`` so a reader sees the rule that produced each colour and verdict.
+No heavy imports here: the rules are plain arithmetic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Sequence
+
+from bench.recipes import Row, Table
+from bench.vocab import AP_METRICS, METRICS
+
+#: Said by the title of every smoke-scale page and plot.
+SMOKE_BANNER = "SMOKE SCALE — not comparable to the paper"
+SMOKE_EXPLANATION = ("Smoke-scale numbers come from a few iterations on the synthetic dataset without pretrained "
+                     "weights: they show that each row trains and evaluates end to end, never whether the paper's "
+                     "numbers hold. Cells are therefore not coloured and every claim is inconclusive.")
+
+
+# ------------------------------------------------------------------------------------ tolerances
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a measured value may lie from the published one and still count as reproduced."""
+
+    value: float
+    relative: bool          # True: a fraction of the published value; False: metric units
+    source: str             # "row", "table" or "default"
+
+    def band(self, reference: Optional[float]) -> float:
+        """The absolute half-width of the band around ``reference`` (metric units)."""
+        if not self.relative:
+            return self.value
+        return self.value * abs(reference) if reference is not None else math.inf
+
+    def describe(self) -> str:
+        amount = f"±{self.value * 100:g}%" if self.relative else f"±{self.value:g}"
+        return f"{amount} ({self.source})"
+
+
+#: The global default tolerance of each metric kind: COCO AP in points, the rest relative.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "ap": Tolerance(0.5, relative=False, source="default"),          # 0.5 AP points
+    "complexity": Tolerance(0.02, relative=True, source="default"),  # #params, GFLOPs, memory, size: 2%
+    "speed": Tolerance(0.02, relative=True, source="default"),       # FPS and times: 2%
+}
+
+
+#: what each kind covers, in words (for the page)
+KIND_NAMES = {"ap": "COCO AP (points)", "complexity": "#params, GFLOPs, memory, size", "speed": "FPS and times"}
+
+
+def metric_kind(metric: str) -> str:
+    if metric in AP_METRICS:
+        return "ap"
+    if metric == "fps" or METRICS[metric].unit == "ms":
+        return "speed"
+    return "complexity"
+
+
+def tolerance_for(metric: str, row: Optional[Row], table: Table) -> Tolerance:
+    """The row's tolerance for ``metric``, else the table's, else the default of the metric's kind.
+
+    Recipe tolerances are absolute (metric units), as the recipe schema says. ``row=None``: the table's."""
+    if row is not None and metric in row.tolerance:
+        return Tolerance(row.tolerance[metric], relative=False, source="row")
+    if metric in table.tolerance:
+        return Tolerance(table.tolerance[metric], relative=False, source="table")
+    return DEFAULT_TOLERANCES[metric_kind(metric)]
+
+
+# ------------------------------------------------------------------------------------ samples
+@dataclass(frozen=True)
+class Sample:
+    """The measured values of one cell, one per seed."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def sd(self) -> Optional[float]:
+        """Sample standard deviation over seeds; None with fewer than two."""
+        if self.n < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+
+def sample_of(values: Sequence[Optional[float]]) -> Optional[Sample]:
+    known = tuple(float(v) for v in values if v is not None and not math.isnan(v))
+    return Sample(known) if known else None
+
+
+# ------------------------------------------------------------------------------------ cells
+class Agreement(str, Enum):
+    """How a measured cell compares with the published one."""
+
+    WITHIN = "within tolerance"
+    OUTSIDE = "outside tolerance"
+    PUBLISHED_UNKNOWN = "published unknown"
+    NOT_MEASURED = "not measured"
+    NOT_COMPARABLE = "not comparable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CELL_RULE = ("A measured cell is within tolerance when |measured − published| ≤ the tolerance: the row's, "
+             "else the table's (both absolute, in metric units), else the default of its kind: "
+             + "; ".join(f"{KIND_NAMES[kind]} {tol.describe().split(' ')[0]}" for kind, tol in DEFAULT_TOLERANCES.items())
+             + ". With several seeds the mean is compared. Smoke-scale cells are not comparable.")
+
+
+def agreement(published: Optional[float], measured: Optional[Sample], tol: Tolerance,
+              comparable: bool) -> Agreement:
+    if published is None:
+        return Agreement.PUBLISHED_UNKNOWN
+    if measured is None:
+        return Agreement.NOT_MEASURED
+    if not comparable:
+        return Agreement.NOT_COMPARABLE
+    within = abs(measured.mean - published) <= tol.band(published) + 1e-9
+    return Agreement.WITHIN if within else Agreement.OUTSIDE
+
+
+# ------------------------------------------------------------------------------------ claims
+class Verdict(str, Enum):
+    """Whether an ablation row's published difference to its baseline holds in our measurements."""
+
+    HELD = "held"
+    REVERSED = "reversed"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: standard errors of the difference of means that count as noise when seeds give a spread
+NOISE_SIGMAS = 2.0
+
+VERDICT_RULE: tuple[str, ...] = (
+    "Paper Δ = published row − published baseline; measured Δ = measured row − measured baseline "
+    "(means over seeds), per metric both rows have.",
+    f"Noise: with at least two seeds on both rows, {NOISE_SIGMAS:g} × the standard error of the difference "
+    "of means; otherwise the metric's tolerance (as for cells).",
+    "held: the measured Δ has the paper's sign and |measured Δ| > noise.",
+    "reversed: the measured Δ has the opposite sign and |measured Δ| > noise.",
+    "inconclusive: |measured Δ| ≤ noise, the paper shows no difference, a cell is unknown or not measured, "
+    "or the run is at smoke scale (smoke numbers never confirm or refute a paper claim).",
+    "A row's verdict is that of its primary metric (mask AP, else box AP, else its first metric).",
+)
+
+
+def noise_band(row: Sample, base: Sample, tol: Tolerance, reference: Optional[float]) -> tuple[float, str]:
+    """(noise half-width, how it was obtained) for the difference of two measured cells."""
+    if row.n >= 2 and base.n >= 2:
+        se = math.sqrt((row.sd or 0.0) ** 2 / row.n + (base.sd or 0.0) ** 2 / base.n)
+        return NOISE_SIGMAS * se, f"{NOISE_SIGMAS:g} SE over {row.n}+{base.n} seeds"
+    return tol.band(reference), f"tolerance {tol.describe()}"
+
+
+def claim_verdict(published_delta: Optional[float], measured_delta: Optional[float], noise: Optional[float],
+                  smoke: bool) -> tuple[Verdict, str]:
+    """The verdict on one metric of one claim, with the reason in words (``VERDICT_RULE``)."""
+    if smoke:
+        return Verdict.INCONCLUSIVE, "smoke scale: smoke numbers never confirm or refute a paper claim"
+    if published_delta is None:
+        return Verdict.INCONCLUSIVE, "the paper does not show this cell for both rows"
+    if measured_delta is None or noise is None:
+        return Verdict.INCONCLUSIVE, "not measured for both rows"
+    if published_delta == 0:
+        return Verdict.INCONCLUSIVE, "the paper shows no difference: no direction to test"
+    if abs(measured_delta) <= noise:
+        return Verdict.INCONCLUSIVE, "measured difference within noise"
+    if (measured_delta > 0) == (published_delta > 0):
+        return Verdict.HELD, "same direction as the paper, beyond noise"
+    return Verdict.REVERSED, "opposite direction to the paper, beyond noise"
+
+
+def primary_metric(metrics: Sequence[str]) -> Optional[str]:
+    """The metric whose verdict stands for a claim row: mask AP, else box AP, else the first."""
+    for key in ("mask_AP", "box_AP"):
+        if key in metrics:
+            return key
+    return metrics[0] if metrics else None
