@@ -25,7 +25,8 @@ class BenchProgressHook(Hook):
         loss = None
         if isinstance(outputs, dict) and "loss" in outputs:
             try:
-                loss = round(float(outputs["loss"]), 4)
+                value = outputs["loss"]
+                loss = round(float(value.detach() if hasattr(value, "detach") else value), 4)
             except (TypeError, ValueError):
                 loss = None
         write_state(Path(runner.work_dir).parent, state="running", iter=it, max_iters=runner.max_iters,

@@ -231,6 +231,9 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         from bench.data import synth
 
         synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
+    # mmengine 0.10.7 calls torch.load without weights_only; torch >= 2.6 defaults it to True and refuses
+    # mmengine's own checkpoints (they pickle the message hub). They are the run's own files: trusted.
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg = Config(spec.config)
     cfg.work_dir = str(work / "train")
     resumed_from = None

@@ -53,3 +53,36 @@ def synth_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "synth"
     synth.generate(out, synth.SynthSpec(train_images=16, val_images=8))
     return out
+
+
+TEST_RECIPES = REPO / "tests" / "data" / "recipes"
+TINY_SCALE = REPO / "tests" / "data" / "smoke-tiny.yaml"
+
+
+def bench_exe() -> str:
+    """The installed console script, run as a user would (a separate process)."""
+    import sys
+
+    return str(Path(sys.executable).parent / "bench")
+
+
+def bench_env(results: Path, data: Path, recipes: Path = TEST_RECIPES) -> dict:
+    import os
+
+    env = dict(os.environ)
+    env.update(BENCH_RECIPES=str(recipes), BENCH_RESULTS=str(results), BENCH_DATA=str(data), COLUMNS="240")
+    return env
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """One real `bench run` of the pipeline-test table at the tiny smoke variant, through submitit's
+    local executor: a tiny Mask R-CNN that trains and evaluates, a row that diverges, a row whose
+    model is missing and a reference-only row. Returns (results root, data root, completed process)."""
+    import subprocess
+
+    results = tmp_path_factory.mktemp("pipeline-results")
+    data = tmp_path_factory.mktemp("pipeline-data")
+    proc = subprocess.run([bench_exe(), "run", "pipeline-test/table-1", "--scale", str(TINY_SCALE)],
+                          env=bench_env(results, data), capture_output=True, text=True, timeout=900)
+    return results, data, proc

@@ -1,0 +1,99 @@
+"""`bench run`: plan, skip what is done, train and evaluate for real, record failures, reuse runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from bench.results import read_result
+from tests.conftest import TEST_RECIPES, TINY_SCALE, bench_env, bench_exe
+
+
+def _bench(results, data, *args, timeout=900):
+    return subprocess.run([bench_exe(), *args], env=bench_env(results, data), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "--scale", str(TINY_SCALE), "--dry-run")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "tiny" in out and "run" in out
+    assert "not implemented: NoSuchNeck" in out and "a system outside mmdet" in out
+    assert "2 run(s) to start" in out and "estimated cost" in out and '"iterations": 6' in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_trains_evaluates_and_records(pipeline_run):
+    results, data, proc = pipeline_run
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one row diverges on purpose
+    assert "1 run(s) done, 1 failed" in proc.stdout
+    res = read_result(results / "smoke" / "pipeline-test" / "table-1" / "tiny.json")
+    assert res.status == "done"
+    for key in ("mask_AP", "mask_AP50", "box_AP", "params_M", "gflops", "fps", "latency_ms"):
+        assert res.measured.get(key) is not None, key
+    assert 0 <= res.measured["mask_AP"] <= 100
+    # a real, small Mask R-CNN with 3 synthetic classes: ResNet-18 + 32-channel heads
+    assert 10 < res.measured["params_M"] < 13
+    m = res.measurement
+    assert m.scale == "smoke" and m.dataset.startswith("synth") and m.iterations == 6 and m.batch_size == 2
+    assert m.eval_images == 4 and m.pretrained is False and m.device.startswith("cpu")
+    assert "CPU timing" in m.speed_protocol
+    assert res.versions["mmdet"] == "3.3.0" and res.versions["mmcv"] == "2.1.0"
+    assert res.config["train_cfg"]["max_iters"] == 6 and res.overlay["scale"] == "smoke"
+    assert res.published == {"mask_AP": 30.0, "box_AP": 33.0, "params_M": 12.5}
+
+
+def test_failed_row_is_recorded_with_reason(pipeline_run):
+    results, _, _ = pipeline_run
+    res = read_result(results / "smoke" / "pipeline-test" / "table-1" / "tiny-nan.json")
+    assert res.status == "failed" and "NaN" in res.failure
+    assert any("NaN" in line for line in res.log_tail)
+    for row in ("missing", "reference"):
+        assert not (results / "smoke" / "pipeline-test" / "table-1" / f"{row}.json").exists()
+
+
+def test_second_run_skips_done_rows_and_reuses_runs_across_tables(pipeline_run):
+    results, data, _ = pipeline_run
+    tiny = results / "smoke" / "pipeline-test" / "table-1" / "tiny.json"
+    before = tiny.stat().st_mtime_ns
+    p = _bench(results, data, "run", "pipeline-test/table-1", "tiny", "--scale", str(TINY_SCALE))
+    assert p.returncode == 0 and "nothing to run: 1 row(s) already done" in p.stdout
+    assert tiny.stat().st_mtime_ns == before
+    p = _bench(results, data, "run", "pipeline-test/table-2", "--scale", str(TINY_SCALE))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "result written from the finished run of the same model" in p.stdout
+    shared = read_result(results / "smoke" / "pipeline-test" / "table-2" / "same-as-tiny.json")
+    assert shared.run_key == read_result(tiny).run_key and shared.published == {"mask_AP": 30.5}
+    p = _bench(results, data, "run", "pipeline-test/table-1", "tiny", "--scale", str(TINY_SCALE), "--force", "--dry-run")
+    assert "1 run(s) to start" in p.stdout
+
+
+def test_rows_shared_in_one_invocation_train_once(tmp_path):
+    # the same model twice in one table: one run serves both rows
+    import shutil
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(TEST_RECIPES, recipes)
+    t = recipes / "pipeline-test" / "table-2.yaml"
+    t.write_text(t.read_text() + "  - {id: again, label: Again, position: 2, published: {mask_AP: 1.0}}\n")
+    env = bench_env(tmp_path / "r", tmp_path / "d", recipes)
+    p = subprocess.run([bench_exe(), "run", "pipeline-test/table-2", "--scale", str(TINY_SCALE), "--dry-run"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert "1 run(s) to start" in p.stdout and "shared" in p.stdout and "one training serves" in p.stdout
+
+
+def test_paper_scale_needs_a_complete_data_root(tmp_path):
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "--scale", "paper")
+    assert p.returncode == 1 and "--data-root" in p.stderr
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "tiny", "--scale", "paper",
+               "--data-root", str(root), "--dry-run")
+    assert "instances_train2017.json" in p.stdout and "cannot assemble" in p.stdout
+
+
+def test_unknown_row_and_table(tmp_path):
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "tinny")
+    assert p.returncode == 1 and "did you mean 'tiny'" in p.stderr
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "table-9")
+    assert p.returncode == 1 and "unknown table" in p.stderr
