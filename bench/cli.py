@@ -540,3 +540,24 @@ def profile_cmd(ctx, table, as_json, no_flops) -> None:
                    num(p.params_rel_diff, True), num(p.gflops), num(p.published_gflops), num(p.gflops_rel_diff, True),
                    p.note)
     _console().print(rt)
+
+
+# --------------------------------------------------------------------------------------- cancel
+@main.command("cancel")
+@click.argument("table")
+@click.argument("rows", nargs=-1)
+@click.option("--scale", default="smoke", show_default=True, type=click.Choice(["smoke", "paper"]))
+@click.pass_context
+def cancel_cmd(ctx, table, rows, scale) -> None:
+    """Cancel TABLE's queued or running jobs (or only ROWS'): scancel on SLURM, a signal locally.
+    Each cancelled row is recorded as cancelled; its checkpoints stay, so a later run resumes."""
+    from bench.launch import cancel_rows
+
+    _, t = _load(ctx, table)
+    selected = _select_rows(t, rows)
+    try:
+        lines = cancel_rows(t, selected, scale, _results_root(ctx))
+    except Exception as e:  # noqa: BLE001 - scancel / signal errors are reported plainly
+        raise BenchError(str(e)) from None
+    for line in lines or ["nothing to cancel: no queued or running job for these rows"]:
+        click.echo(line)

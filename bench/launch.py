@@ -179,3 +179,41 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                 clear_pending(spec)
                 outcomes.append(Outcome(spec, False, "cancelled"))
     return outcomes
+
+
+def cancel_rows(table, rows, scale: str, results_root: Path) -> list[str]:
+    """Cancel the jobs of ``rows`` that have a pending record; write 'cancelled' results for them."""
+    from bench.results import result_path
+
+    lines: list[str] = []
+    jobs: dict[str, dict] = {}
+    for row in rows:
+        path = result_path(results_root, scale, table.name, row.id)
+        pend = pending_path(path)
+        if not pend.exists():
+            continue
+        rec = json.loads(pend.read_text())
+        jobs.setdefault(f"{rec['executor']}:{rec['job_id']}", rec)
+        state = read_state(rec["work_dir"])
+        res = Result(status="cancelled", table=table.name, row=row.id, label=row.label, run_key=rec["run_key"],
+                     config_hash="", published=dict(row.published), failure="cancelled by the user (bench cancel)",
+                     finished_at=_now(), work_dir=rec["work_dir"],
+                     log_tail=[f"cancelled at iteration {state.get('iter')}"] if state.get("iter") else [])
+        write_result(path, res)
+        pend.unlink(missing_ok=True)
+        lines.append(f"{table.name}/{row.id}: cancelled ({rec['executor']} job {rec['job_id']})")
+    for key, rec in jobs.items():
+        executor, job_id = key.split(":", 1)
+        if executor == "slurm":
+            from bench.cluster import cancel
+
+            cancel([job_id])
+        elif executor in ("local", "inline"):
+            state = read_state(rec["work_dir"])
+            for pid in {state.get("pid"), int(job_id) if job_id.isdigit() and executor == "local" else None}:
+                if pid and pid != os.getpid():
+                    try:
+                        os.kill(int(pid), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+    return lines
