@@ -1,0 +1,107 @@
+"""K-Net, ResNet-50, 1x schedule (paper Table I "K-Net" row: 34.1 mask AP, 37.26M params).
+
+Model as in K-Net's public R-50 instance-segmentation recipe (FPN P2-P5, Semantic-FPN
+localisation features at stride 8, 100 kernels, 3 kernel-update stages); schedule as in the
+CSR-D2S paper Sec. IV-A (AdamW lr 1e-4, weight decay 0.05, 12 epochs, steps at 8 and 11,
+batch 4), which is also K-Net's own 1x recipe.
+"""
+_base_ = ['mmdet::_base_/datasets/coco_instance.py', 'mmdet::_base_/default_runtime.py']
+custom_imports = dict(imports=['bench.models'], allow_failed_imports=False)
+
+num_classes = 80
+num_proposals = 100
+num_stages = 3
+model = dict(
+    type='KNet',
+    data_preprocessor=dict(
+        type='mmdet.DetDataPreprocessor',  # scoped: builds without a default scope
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=32,
+        pad_mask=True),
+    backbone=dict(
+        type='ResNet',
+        depth=50,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=True,
+        style='pytorch',
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+    neck=dict(
+        type='FPN',
+        in_channels=[256, 512, 1024, 2048],
+        out_channels=256,
+        start_level=0,
+        num_outs=4),
+    mask_head=dict(
+        type='KNetHead',
+        num_classes=num_classes,
+        in_channels=256,
+        num_proposals=num_proposals,
+        num_stages=num_stages,
+        semantic_fpn=dict(num_levels=4, out_level=1, num_pos_feats=128),
+        stage_cfg=dict(
+            num_heads=8,
+            feedforward_channels=2048,
+            num_ffn_fcs=2,
+            num_cls_fcs=1,
+            num_mask_fcs=1,
+            updator_channels=256,
+            dropout=0.0),
+        mask_upsample_stride=2,
+        kernel_init_std=1.0,
+        loss_cls=dict(
+            type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
+        loss_mask=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+        loss_dice=dict(
+            type='DiceLoss', use_sigmoid=True, activate=True, naive_dice=False, eps=1e-3,
+            loss_weight=4.0),
+        loss_seg=dict(
+            type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)),
+    train_cfg=dict(
+        rpn_assigner=dict(
+            type='HungarianAssigner',
+            match_costs=[
+                dict(type='DiceCost', weight=4.0, pred_act=True, naive_dice=False),
+                dict(type='CrossEntropyLossCost', weight=1.0, use_sigmoid=True),
+            ]),
+        assigner=dict(
+            type='HungarianAssigner',
+            match_costs=[
+                dict(type='FocalLossCost', weight=2.0),
+                dict(type='DiceCost', weight=4.0, pred_act=True, naive_dice=False),
+                dict(type='CrossEntropyLossCost', weight=1.0, use_sigmoid=True),
+            ])),
+    test_cfg=dict(max_per_img=num_proposals, mask_thr=0.5, score_thr=0.0))
+
+train_dataloader = dict(batch_size=2, num_workers=2)
+val_evaluator = dict(
+    type='CocoMetric',
+    ann_file='data/coco/annotations/instances_val2017.json',
+    metric=['bbox', 'segm'],
+    format_only=False,
+    backend_args=None)
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
+    clip_grad=dict(max_norm=1, norm_type=2))
+max_epochs = 12
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[8, 11],
+        gamma=0.1)
+]
+auto_scale_lr = dict(enable=False, base_batch_size=4)
