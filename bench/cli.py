@@ -561,3 +561,9 @@ def cancel_cmd(ctx, table, rows, scale) -> None:
         raise BenchError(str(e)) from None
     for line in lines or ["nothing to cancel: no queued or running job for these rows"]:
         click.echo(line)
+
+
+# --------------------------------------------------------------------------------------- report
+from bench.report.command import report_cmd  # noqa: E402  (cheap: pandas/matplotlib/jinja2 load on use)
+
+main.add_command(report_cmd)

@@ -75,17 +75,26 @@ def write_exports(view: TableView, base: Path, formats: Sequence[str]) -> dict[s
     return out
 
 
-def _write_table(view: TableView, root: Path, index: Path, html: bool, formats: Sequence[str],
-                 result: ReportOutput) -> None:
-    from bench.report import html as pages
+def draw_figures(jobs: Sequence[tuple[TableView, Path]], workers: int) -> list[list]:
+    """Each table's figures (``plots.write_plots``), in worker processes when there are several tables.
+
+    Drawing dominates a report's time (matplotlib is single-threaded); tables are independent."""
     from bench.report.plots import write_plots
 
-    page, fig_dir = _table_paths(root, view.table)
-    exports = write_exports(view, page.with_suffix(""), formats)
-    result.exports += exports.values()
-    if not html:
-        return
-    plots = write_plots(view, fig_dir)
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return [write_plots(view, folder) for view, folder in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(write_plots, [v for v, _ in jobs], [f for _, f in jobs]))
+
+
+def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: Path, result: ReportOutput) -> None:
+    from bench.report import html as pages
+
+    page, _ = _table_paths(index.parent, view.table)
     result.figures += [p for plot in plots for p in plot.files.values()]
     result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index)))
     summary = pages.summary_of(view, page, index.parent)
@@ -110,18 +119,24 @@ def _summaries(root: Path, catalogue: Catalogue) -> list:
 
 def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: Optional[Path] = None, *,
                  catalogue: Catalogue, html: bool = True, formats: Sequence[str] = ("csv", "md", "latex"),
-                 extra_roots: Sequence[Path] = ()) -> ReportOutput:
-    """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``)."""
+                 extra_roots: Sequence[Path] = (), workers: int = 1) -> ReportOutput:
+    """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``).
+
+    ``workers`` > 1 draws the figures of several tables in that many spawned processes; a script calling
+    this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (multiprocessing's rule)."""
     from bench.report import export
 
     root = Path(out or default_reports_dir()) / scale
     gathered = gather(list(tables) + baseline_tables(tables, catalogue), scale, results_root, extra_roots)
     result = ReportOutput(root=root, problems=list(gathered.problems))
     index = root / "index.html"
-    for table in tables:
-        view = build_table_view(table, gathered, catalogue)
-        result.views.append(view)
-        _write_table(view, root, index, html, formats, result)
+    result.views = [build_table_view(t, gathered, catalogue) for t in tables]
+    exports = [write_exports(v, _table_paths(root, v.table)[0].with_suffix(""), formats) for v in result.views]
+    result.exports += [path for e in exports for path in e.values()]
+    if html:
+        figures = draw_figures([(v, _table_paths(root, v.table)[1]) for v in result.views], workers)
+        for view, plots, table_exports in zip(result.views, figures, exports, strict=True):
+            _write_page(view, plots, table_exports, index, result)
     combined = {}
     if {"csv", "md"} & set(formats):
         frame = export.report_frame(result.views)

@@ -1,6 +1,7 @@
 """`bench report`: the click command. Cheap to import: the work happens in ``bench.report.build``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -39,9 +40,12 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
 @click.option("--extra-results", type=click.Path(file_okay=False, path_type=Path), multiple=True,
               help="Further results folders holding other seeds' runs of the same rows (repeatable): "
                    "cells show mean ± sd and claims use the spread as noise.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes drawing figures when reporting several tables (default: one per CPU).")
 @click.pass_context
 def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, html: bool,
-               formats: tuple[str, ...], scale: str, out: Path | None, extra_results: tuple[Path, ...]) -> None:
+               formats: tuple[str, ...], scale: str, out: Path | None, extra_results: tuple[Path, ...],
+               jobs: int | None) -> None:
     """Put published and measured numbers side by side, per paper table.
 
     One HTML page per table (the paper's layout; each cell published / measured / Δ coloured by its
@@ -58,7 +62,8 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
         html, formats = True, FORMATS
     results_root = obj.get("results") or default_results_dir()
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,
-                          formats=tuple(dict.fromkeys(formats)), extra_roots=extra_results)
+                          formats=tuple(dict.fromkeys(formats)), extra_roots=extra_results,
+                          workers=jobs or os.cpu_count() or 1)
     _echo_summary(report, scale, results_root)
 
 

@@ -85,7 +85,8 @@ def to_latex(view: TableView) -> str:
     factors, metrics = t.factor_columns, t.metric_columns
     n_lead = 1 + len(factors)
     spec = "l" + "c" * len(factors) + "rr" * len(metrics)
-    caption = f"{t.paper.slug} Table {t.number}: {t.title}. Published (paper) and measured (ours) at {view.scale} scale."
+    caption = (f"{t.paper.slug} Table {t.number}: {t.title}. "
+               f"Published (paper) and measured (ours) at {view.scale} scale.")
     if view.smoke:
         caption = f"{SMOKE_BANNER}. {caption}"
     lines = [

@@ -128,6 +128,7 @@ class Provenance:
     log_path: Optional[Path]
     wall_s: Optional[float]
     speed_protocol: Optional[str]
+    resumed_from: Optional[str]      # checkpoint an interrupted training resumed from
 
 
 @dataclass
@@ -292,7 +293,7 @@ def provenance(results: Sequence[Result]) -> Optional[Provenance]:
                       pretrained=m.pretrained, seeds=[r.measurement.seed if r.measurement else None for r in results],
                       finished_at=res.finished_at, git_commit=res.git_commit, config_hash=res.config_hash,
                       work_dir=res.work_dir, log_path=latest_log(res.work_dir), wall_s=res.wall_s,
-                      speed_protocol=m.speed_protocol)
+                      speed_protocol=m.speed_protocol, resumed_from=getattr(m, "resumed_from", None))
 
 
 def status_detail(state: RowState) -> str:
@@ -336,15 +337,15 @@ def _claim_metric(table: Table, row: RowView, base: BaselineRef, metric: str, sm
     pub_row, pub_base = row.row.published.get(metric), base.row.published.get(metric)
     published_delta = round(pub_row - pub_base, 9) if pub_row is not None and pub_base is not None else None
     meas_row, meas_base = _sample(row.results, metric), _sample(base.results, metric)
+    decimals = column_decimals(table, metric)
     measured_delta, noise, noise_source = None, None, ""
     if meas_row is not None and meas_base is not None:
         measured_delta = meas_row.mean - meas_base.mean
         reference = pub_row if pub_row is not None else meas_row.mean
         noise, noise_source = rules.noise_band(meas_row, meas_base, rules.tolerance_for(metric, row.row, table),
-                                               reference)
+                                               reference, decimals)
     verdict, reason = rules.claim_verdict(published_delta, measured_delta, noise, smoke)
-    return ClaimMetric(metric, published_delta, measured_delta, noise, noise_source, verdict, reason,
-                       column_decimals(table, metric))
+    return ClaimMetric(metric, published_delta, measured_delta, noise, noise_source, verdict, reason, decimals)
 
 
 def claim_metrics_of(row: Row, base: Row, table: Table) -> list[str]:

@@ -86,7 +86,8 @@ def render_table_page(view: TableView, plots: Sequence[Plot], page: Path,
     logs = {rv.row.id: href(rv.provenance.log_path, page_dir)
             for rv in view.rows if rv.provenance and rv.provenance.log_path}
     return environment().get_template("table.html.j2").render(
-        view=view, table=view.table, plots=[(p, {f: href(path, page_dir) for f, path in p.files.items()}) for p in plots],
+        view=view, table=view.table,
+        plots=[(p, {fmt: href(path, page_dir) for fmt, path in p.files.items()}) for p in plots],
         exports={fmt: href(path, page_dir) for fmt, path in exports.items()},
         index=href(index, page_dir) if index else None, logs=logs, footnotes=_footnotes(view), generated_at=now())
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from bench.report.frame import ClaimView, TableView
-from bench.report.rules import SMOKE_BANNER, tolerance_for
-from bench.vocab import METRICS
+from bench.report.rules import SMOKE_BANNER, primary_metric, tolerance_for
+from bench.vocab import AP_METRICS, METRICS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -25,9 +25,13 @@ FORMATS = ("png", "svg")
 PUBLISHED_COLOUR = "#4d4d4d"
 MEASURED_COLOUR = "#1f6fb4"
 SMOKE_COLOUR = "#b3261e"
-PANEL_SIZE = (3.3, 3.0)     # inches per panel
+SERIES_COLOURS = ("#1f6fb4", "#d9730d", "#2e7d32", "#8e44ad", "#b3261e", "#00838f", "#6d4c41", "#c2185b",
+                  "#546e7a", "#9e9d24", "#3949ab", "#ef6c00")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
 MIN_WIDTH = 6.4            # inches: room for the two-line smoke title
 DPI = 110
+STYLE = {"svg.fonttype": "none", "svg.hashsalt": "bench", "font.size": 8.5, "axes.titlesize": 9,
+         "axes.spines.top": False, "axes.spines.right": False}
 
 
 @dataclass
@@ -37,25 +41,40 @@ class Plot:
     caption: str
     files: dict[str, Path]     # format -> path
 
-    def file(self, fmt: str) -> Path:
-        return self.files[fmt]
+
+@dataclass(frozen=True)
+class Layout:
+    """A fixed grid in inches (no constrained layout: it costs more than the drawing itself)."""
+
+    axes: tuple[float, float] = (2.6, 2.2)   # one panel's plotting area
+    gap: tuple[float, float] = (0.75, 0.8)   # between panels: room for tick labels, axis label, panel title
+    left: float = 0.65
+    right: float = 0.2
+    bottom: float = 0.5                      # x tick labels and axis label
+    max_cols: int = 4
 
 
-def _figure(n_panels: int, max_cols: int = 4, panel: tuple[float, float] = PANEL_SIZE) -> tuple["Figure", list["Axes"]]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 8.5, "axes.titlesize": 9,
-                                "axes.spines.top": False, "axes.spines.right": False})
+def _figure(n_panels: int, layout: Layout, title_lines: int) -> tuple["Figure", list["Axes"]]:
     from matplotlib.figure import Figure
 
-    cols = min(max_cols, max(n_panels, 1))
-    rows = -(-max(n_panels, 1) // cols)
-    fig = Figure(figsize=(max(panel[0] * cols, MIN_WIDTH), panel[1] * rows + 0.7), layout="constrained")
-    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
-    for extra in axes[n_panels:]:
-        extra.set_visible(False)
-    return fig, axes[:n_panels]
+    n = max(n_panels, 1)
+    cols = min(layout.max_cols, n)
+    rows = -(-n // cols)
+    (aw, ah), (gw, gh) = layout.axes, layout.gap
+    top = 0.2 + 0.2 * title_lines + 0.3      # suptitle lines and the panels' own titles
+    inner_w = cols * aw + (cols - 1) * gw
+    width = max(layout.left + inner_w + layout.right, MIN_WIDTH)
+    left = (width - inner_w) / 2 if width == MIN_WIDTH else layout.left
+    height = top + rows * ah + (rows - 1) * gh + layout.bottom
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(rows, cols, left=left / width, right=(left + inner_w) / width,
+                            bottom=layout.bottom / height, top=1 - top / height, wspace=gw / aw, hspace=gh / ah)
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n_panels)]
+    return fig, axes
+
+
+def _title_lines(view: TableView) -> int:
+    return 2 if view.smoke else 1
 
 
 def _title(fig: "Figure", view: TableView, what: str) -> str:
@@ -63,8 +82,8 @@ def _title(fig: "Figure", view: TableView, what: str) -> str:
     title = f"{t.paper.slug} Table {t.number}: {what}"
     if view.smoke:
         title = f"{SMOKE_BANNER}\n{title}"
-    fig.suptitle(title, color=SMOKE_COLOUR if view.smoke else "black", fontsize=10,
-                 fontweight="bold" if view.smoke else "normal")
+    fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", color=SMOKE_COLOUR if view.smoke else "black",
+                 fontsize=10, fontweight="bold" if view.smoke else "normal")
     return title
 
 
@@ -73,36 +92,58 @@ def _short(label: str, n: int = 18) -> str:
 
 
 # ------------------------------------------------------------------------------------ figures
-def published_vs_measured(view: TableView) -> Optional["Figure"]:
-    pairs = {key: [(rv.row.position, c.published, c.measured.mean) for rv in view.rows
-                   for c in [rv.cells[key]] if c.published is not None and c.measured is not None]
-             for key in view.metric_keys}
-    keys = [k for k, pts in pairs.items() if pts]
-    if not keys:
-        return None
-    fig, axes = _figure(len(keys))
-    for ax, key in zip(axes, keys):
+Point = tuple[int, float, float]   # (row position, published, measured)
+
+
+def _pairs(view: TableView) -> dict[str, list[Point]]:
+    """Per metric column, the rows that have both a published and a measured value."""
+    out = {key: [(rv.row.position, c.published, c.measured.mean) for rv in view.rows for c in [rv.cells[key]]
+                 if c.published is not None and c.measured is not None] for key in view.metric_keys}
+    return {k: pts for k, pts in out.items() if pts}
+
+
+def _panels(keys: list[str]) -> list[list[str]]:
+    """COCO AP columns share one panel (same unit and scale); every other metric gets its own."""
+    ap = [k for k in keys if k in AP_METRICS]
+    return ([ap] if ap else []) + [[k] for k in keys if k not in AP_METRICS]
+
+
+def _identity_panel(ax: "Axes", view: TableView, keys: list[str], pairs: dict[str, list[Point]]) -> None:
+    values = [v for k in keys for _, x, y in pairs[k] for v in (x, y)]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.5)
+    lo, hi = lo - pad, hi + pad
+    if not view.smoke:  # smoke cells are not compared: no band to fall in
+        tol = tolerance_for(keys[0], None, view.table)
+        ax.fill_between([lo, hi], [lo - tol.band(lo), hi - tol.band(hi)], [lo + tol.band(lo), hi + tol.band(hi)],
+                        color="#2e7d32", alpha=0.12, lw=0, label=f"tolerance {tol.describe()}")
+    ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--", label="y = x")
+    for i, key in enumerate(keys):
         pts = pairs[key]
-        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-        lo, hi = min(xs + ys), max(xs + ys)
-        pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.5)
-        lo, hi = lo - pad, hi + pad
-        if not view.smoke:  # smoke cells are not compared: no band to fall in
-            tol = tolerance_for(key, None, view.table)
-            ax.fill_between([lo, hi], [lo - tol.band(lo), hi - tol.band(hi)], [lo + tol.band(lo), hi + tol.band(hi)],
-                            color="#2e7d32", alpha=0.12, lw=0, label=f"tolerance {tol.describe()}")
-        ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--", label="y = x")
-        ax.scatter(xs, ys, s=22, color=MEASURED_COLOUR, zorder=3)
-        for pos, x, y in pts:
-            ax.annotate(str(pos), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        m = METRICS[key]
-        ax.set_title(f"{m.label} ({m.unit})")
-        ax.set_xlabel("published")
-        ax.set_ylabel("measured")
-    axes[0].legend(loc="upper left", fontsize=7, frameon=False)
-    _title(fig, view, "published vs measured (points: row #)")
+        colour = MEASURED_COLOUR if len(keys) == 1 else SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=20, color=colour, zorder=3,
+                   marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], label=METRICS[key].label if len(keys) > 1 else None)
+        if i == 0:  # row numbers on the first series only: more would pile up
+            for pos, x, y in pts:
+                ax.annotate(str(pos), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    unit = METRICS[keys[0]].unit
+    ax.set_title(f"COCO AP ({unit})" if len(keys) > 1 else f"{METRICS[keys[0]].label} ({unit})")
+    ax.set_xlabel("published")
+    ax.set_ylabel("measured")
+    ax.legend(loc="upper left", fontsize=6.5, frameon=False, ncol=2 if len(keys) > 4 else 1)
+
+
+def published_vs_measured(view: TableView) -> Optional["Figure"]:
+    pairs = _pairs(view)
+    if not pairs:
+        return None
+    panels = _panels(list(pairs))
+    fig, axes = _figure(len(panels), Layout(axes=(2.8, 2.6)), _title_lines(view))
+    for ax, keys in zip(axes, panels, strict=True):
+        _identity_panel(ax, view, keys, pairs)
+    _title(fig, view, "published vs measured (numbers: row #)")
     return fig
 
 
@@ -118,7 +159,7 @@ def speed_accuracy(view: TableView) -> Optional["Figure"]:
     if keys is None:
         return None
     speed, accuracy = keys
-    fig, (ax,) = _figure(1, panel=(6.2, 4.2))
+    fig, (ax,) = _figure(1, Layout(axes=(5.6, 3.6)), _title_lines(view))
     plotted = False
     for rv in view.rows:
         s, a = rv.cells[speed], rv.cells[accuracy]
@@ -136,6 +177,8 @@ def speed_accuracy(view: TableView) -> Optional["Figure"]:
         plotted = plotted or bool(pub or meas)
     if not plotted:
         return None
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
     ax.scatter([], [], s=30, color=PUBLISHED_COLOUR, label="published")
     ax.scatter([], [], s=30, facecolors="none", edgecolors=MEASURED_COLOUR, label="measured (row #)")
     ax.legend(loc="best", fontsize=7, frameon=False)
@@ -150,7 +193,7 @@ def _claim_panel(ax: "Axes", claims: list[ClaimView], key: str) -> None:
     labels, pub, meas, noise, missing = [], [], [], [], []
     for i, c in enumerate(claims):
         m = next((m for m in c.metrics if m.metric == key), None)
-        labels.append(_short(f"{c.row.row.position}. {c.row.row.label}"))
+        labels.append(str(c.row.row.position))
         pub.append(m.published_delta if m and m.published_delta is not None else 0.0)
         measured = m is not None and m.measured_delta is not None
         meas.append(m.measured_delta if measured else 0.0)
@@ -166,18 +209,24 @@ def _claim_panel(ax: "Axes", claims: list[ClaimView], key: str) -> None:
         ax.annotate("not\nmeasured", (i + width / 2, 0), textcoords="offset points", xytext=(0, 3), ha="center",
                     fontsize=6, color=MEASURED_COLOUR)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("row # (claims table)")
     m = METRICS[key]
     ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline")
 
 
 def ablation_deltas(view: TableView) -> Optional["Figure"]:
     claims = [c for c in view.claims if c.metrics]
-    keys = [k for k in view.metric_keys if any(m.metric == k for c in claims for m in c.metrics)]
+    compared = [k for k in view.metric_keys if any(m.metric == k for c in claims for m in c.metrics)]
+    primary = primary_metric([k for k in compared if k in AP_METRICS])
+    # the headline AP and every cost column (params, FLOPs, speed); the claims table has all AP columns
+    keys = ([primary] if primary else []) + [k for k in compared if k not in AP_METRICS]
     if not keys:
         return None
-    fig, axes = _figure(len(keys), panel=(max(2.6, 0.75 * len(claims) + 1.4), 3.2))
-    for ax, key in zip(axes, keys):
+    width = max(1.8, 0.45 * len(claims) + 0.5)
+    layout = Layout(axes=(width, 2.0), gap=(0.75, 1.0), bottom=0.55, max_cols=max(1, min(4, int(12 // (width + 0.75)))))
+    fig, axes = _figure(len(keys), layout, _title_lines(view))
+    for ax, key in zip(axes, keys, strict=True):
         _claim_panel(ax, claims, key)
     axes[0].legend(loc="best", fontsize=7, frameon=False)
     _title(fig, view, "ablation Δ against the baseline (error bar: noise)")
@@ -187,30 +236,34 @@ def ablation_deltas(view: TableView) -> Optional["Figure"]:
 # ------------------------------------------------------------------------------------ writing
 FIGURES: dict[str, tuple[str, str, Callable[[TableView], Optional["Figure"]]]] = {
     "published-vs-measured": ("Published vs measured",
-                              "Each point is a row (its # in the table); the shaded band is the tolerance.",
+                              "Each point is a row's cell (numbers: row #, on the first series); COCO AP columns "
+                              "share a panel; the shaded band is the default tolerance.",
                               published_vs_measured),
     "speed-accuracy": ("Speed vs accuracy",
                        "Filled: published; hollow: measured (row #); dotted lines join a row's two points.",
                        speed_accuracy),
     "ablation-deltas": ("Ablation deltas",
-                        "Per claim row, the paper's difference to its baseline and the measured one; "
-                        "error bars show the noise band of the verdict rule.",
+                        "Per claim row, the paper's difference to its baseline and the measured one, for the "
+                        "primary AP and each cost column; error bars show the noise band of the verdict rule.",
                         ablation_deltas),
 }
 
 
 def write_plots(view: TableView, out_dir: Path) -> list[Plot]:
     """Draw every figure that has data and save it as PNG and SVG under ``out_dir``."""
+    import matplotlib
+
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
-    for name, (title, caption, draw) in FIGURES.items():
-        fig = draw(view)
-        if fig is None:
-            for fmt in FORMATS:
-                (out_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # no stale figure from an earlier report
-            continue
-        files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
-        for fmt, path in files.items():
-            fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
-        plots.append(Plot(name, title, caption, files))
+    with matplotlib.rc_context(STYLE):
+        for name, (title, caption, draw) in FIGURES.items():
+            fig = draw(view)
+            if fig is None:
+                for fmt in FORMATS:
+                    (out_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # no stale figure from an earlier report
+                continue
+            files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
+            for fmt, path in files.items():
+                fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+            plots.append(Plot(name, title, caption, files))
     return plots

@@ -117,7 +117,8 @@ class Agreement(str, Enum):
 
 CELL_RULE = ("A measured cell is within tolerance when |measured − published| ≤ the tolerance: the row's, "
              "else the table's (both absolute, in metric units), else the default of its kind: "
-             + "; ".join(f"{KIND_NAMES[kind]} {tol.describe().split(' ')[0]}" for kind, tol in DEFAULT_TOLERANCES.items())
+             + "; ".join(f"{KIND_NAMES[kind]} {tol.describe().split(' ')[0]}"
+                         for kind, tol in DEFAULT_TOLERANCES.items())
              + ". With several seeds the mean is compared. Smoke-scale cells are not comparable.")
 
 
@@ -152,7 +153,8 @@ VERDICT_RULE: tuple[str, ...] = (
     "Paper Δ = published row − published baseline; measured Δ = measured row − measured baseline "
     "(means over seeds), per metric both rows have.",
     f"Noise: with at least two seeds on both rows, {NOISE_SIGMAS:g} × the standard error of the difference "
-    "of means; otherwise the metric's tolerance (as for cells).",
+    "of means (never below half a unit of the paper's last printed digit); otherwise the metric's tolerance "
+    "(as for cells).",
     "held: the measured Δ has the paper's sign and |measured Δ| > noise.",
     "reversed: the measured Δ has the opposite sign and |measured Δ| > noise.",
     "inconclusive: |measured Δ| ≤ noise, the paper shows no difference, a cell is unknown or not measured, "
@@ -161,11 +163,14 @@ VERDICT_RULE: tuple[str, ...] = (
 )
 
 
-def noise_band(row: Sample, base: Sample, tol: Tolerance, reference: Optional[float]) -> tuple[float, str]:
-    """(noise half-width, how it was obtained) for the difference of two measured cells."""
+def noise_band(row: Sample, base: Sample, tol: Tolerance, reference: Optional[float],
+               decimals: int = 1) -> tuple[float, str]:
+    """(noise half-width, how it was obtained) for the difference of two measured cells.
+
+    ``decimals``: digits the paper prints; a seed spread never claims more precision than half of its last one."""
     if row.n >= 2 and base.n >= 2:
         se = math.sqrt((row.sd or 0.0) ** 2 / row.n + (base.sd or 0.0) ** 2 / base.n)
-        return NOISE_SIGMAS * se, f"{NOISE_SIGMAS:g} SE over {row.n}+{base.n} seeds"
+        return max(NOISE_SIGMAS * se, 0.5 * 10 ** -decimals), f"{NOISE_SIGMAS:g} SE over {row.n}+{base.n} seeds"
     return tol.band(reference), f"tolerance {tol.describe()}"
 
 

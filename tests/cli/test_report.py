@@ -48,12 +48,17 @@ def put(root: Path, res: Result, scale: str = "smoke") -> Path:
     return path
 
 
-def bench(*args: str, env: dict[str, str]) -> str:
-    """Run `bench report ...` (through the group when cli.py registers it) and return its output."""
+def bench(*args: str, env: dict[str, str], recipes: Path | None = None) -> str:
+    """Run `bench [--recipes R] report ...` and return its output (``report_cmd`` alone, with R as
+    $BENCH_RECIPES, while cli.py does not register it)."""
     from bench.cli import main
 
-    cmd, prefix = (main, ["report"]) if "report" in main.commands else (report_cmd, [])
-    res = CliRunner().invoke(cmd, prefix + list(args), env=env, catch_exceptions=False)
+    if "report" in main.commands:
+        cmd, argv = main, (["--recipes", str(recipes)] if recipes else []) + ["report", *args]
+    else:
+        cmd, argv = report_cmd, list(args)
+        env = env | ({"BENCH_RECIPES": str(recipes)} if recipes else {})
+    res = CliRunner().invoke(cmd, argv, env=env, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -171,9 +176,8 @@ def test_html_escaping(tmp_path, hostile_recipes):
     results = tmp_path / "results"
     put(results, fixture_result(TABLE, "csr", measured={"mask_AP": 1.0},
                                 log_tail=(f"{SCRIPT} \"quoted\" & 'single'",)))
-    env = {"BENCH_RECIPES": str(hostile_recipes), "BENCH_RESULTS": str(results)}
     out = tmp_path / "reports"
-    bench(TABLE, "--out", str(out), env=env)
+    bench(TABLE, "--out", str(out), env={"BENCH_RESULTS": str(results)}, recipes=hostile_recipes)
     for page in (out / "smoke" / "csr-d2s" / "table-ii.html", out / "smoke" / "index.html"):
         html = page.read_text()
         assert "<script>alert" not in html and "<b>in</b>" not in html

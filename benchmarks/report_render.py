@@ -1,0 +1,141 @@
+"""Benchmark: render a paper-scale report of every table from 1,000 result files.
+
+The result files are BENCHMARK FIXTURES generated here (device 'benchmark fixture', numbers = published
+± seeded noise) in a temporary folder: one folder per seed, every runnable-or-not row of every table
+(reference-only rows excepted), until 1,000 files exist. The report reads the first folder as its
+results and the others as further seeds (``--extra-results``), so every cell is a mean over seeds and
+every claim uses the seed spread as noise: the heaviest path the reporting stage has.
+
+    .venv/bin/python benchmarks/report_render.py            # prints the timings
+    .venv/bin/python benchmarks/report_render.py --record   # and writes benchmarks/report_render.txt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.recipes import Catalogue, Table  # noqa: E402
+from bench.results import Measurement, Result, result_path, write_result  # noqa: E402
+
+N_FILES = 1000
+SCALE = "paper"
+DEVICE = "benchmark fixture (synthetic numbers, not a measurement)"
+
+
+def fixture(table: Table, row, seed: int, rng: random.Random) -> Result:
+    measured = {}
+    for col in table.metric_columns:
+        pub = row.published.get(col.key)
+        base = pub if pub is not None else rng.uniform(10, 50)
+        measured[col.key] = round(base * (1 + rng.gauss(0, 0.02)) + rng.gauss(0, 0.3), 2)
+    m = Measurement(scale=SCALE, dataset="benchmark fixture", eval_split="val2017", iterations=90000, batch_size=16,
+                    gpus=8, pretrained=True, seed=seed, device=DEVICE)
+    return Result(status="done", table=table.name, row=row.id, label=row.label, run_key=f"bench-{row.id}-{seed}",
+                  config_hash="benchfixture", measured=measured, measurement=m, git_commit="benchmark-fixture",
+                  finished_at=f"2026-01-01T00:00:{seed:02d}+00:00")
+
+
+def generate(tables: list[Table], root: Path) -> list[Path]:
+    """Seed folders root/seed-<n>/ with N_FILES result files in all; returns the folders."""
+    rng = random.Random(0)
+    rows = [(t, r) for t in tables for r in t.rows if r.reference_only is None]
+    folders, written, seed = [], 0, 0
+    while written < N_FILES:
+        folder = root / f"seed-{seed}"
+        folders.append(folder)
+        for table, row in rows:
+            if written == N_FILES:
+                break
+            write_result(result_path(folder, SCALE, table.name, row.id), fixture(table, row, seed, rng))
+            written += 1
+        seed += 1
+    return folders
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (figure workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(label: str, fn, timings: dict[str, tuple[float, float]]):
+    """Run ``fn``; record (wall seconds, CPU seconds): the machine may be shared, CPU time is steadier."""
+    t0, c0 = time.perf_counter(), _cpu()
+    out = fn()
+    timings[label] = (time.perf_counter() - t0, _cpu() - c0)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="write benchmarks/report_render.txt")
+    args = parser.parse_args()
+
+    from bench.report.build import write_report
+
+    load = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-report-bench-"))
+    timings: dict[str, tuple[float, float]] = {}
+    try:
+        cat = Catalogue()
+        tables = timed("load recipes", cat.tables, timings)
+        folders = timed("generate fixtures (not part of the render)", lambda: generate(tables, work / "results"),
+                        timings)
+        n_files = sum(1 for f in folders for _ in f.glob(f"{SCALE}/*/*/*.json"))
+        report = timed(f"render: pages + figures + exports ({os.cpu_count()} figure workers)", lambda: write_report(
+            tables, SCALE, folders[0], work / "reports", catalogue=cat, extra_roots=folders[1:],
+            workers=os.cpu_count() or 1), timings)
+        timed("render: pages + figures + exports (1 process)", lambda: write_report(
+            tables, SCALE, folders[0], work / "reports-serial", catalogue=cat, extra_roots=folders[1:], workers=1),
+            timings)
+        timed("render again: exports only (--format csv md latex)", lambda: write_report(
+            tables, SCALE, folders[0], work / "reports-exports", catalogue=cat, html=False,
+            extra_roots=folders[1:]), timings)
+        figures = len(report.figures)
+        claims = sum(len(v.claims) for v in report.views)
+        rows = sum(len(v.rows) for v in report.views)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = [
+        "bench report render benchmark (benchmarks/report_render.py)",
+        f"input: {n_files} result files (benchmark fixtures, {len(folders)} seed folders), {len(tables)} tables, "
+        f"{rows} rows, {claims} claim rows; output: {len(report.pages)} pages, {figures} figure files",
+        f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"load average before the run: {load[0]:.1f} (a shared machine inflates wall times, not CPU times)",
+        "",
+        f"{'step':<58} {'wall':>8} {'CPU':>8}",
+    ]
+    lines += [f"{label:<58} {wall:7.2f}s {cpu:7.2f}s" for label, (wall, cpu) in timings.items()]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.record:
+        (REPO / "benchmarks" / "report_render.txt").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
