@@ -116,12 +116,12 @@ class CheckpointableRun:
 def _executor(profile: Profile, folder: Path, gpus: int):
     import submitit
 
-    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    # max_num_timeout caps how often a preempted / timed-out job requeues itself
+    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=profile.max_requeues)
     tasks = max(1, gpus)
     params: dict[str, Any] = dict(
         timeout_min=profile.time_limit_min, nodes=profile.nodes, tasks_per_node=tasks,
-        slurm_array_parallelism=profile.array_parallelism, slurm_max_num_timeout=profile.max_requeues,
-        slurm_setup=list(profile.setup))
+        slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup))
     if gpus:
         params["gpus_per_node"] = gpus
         if profile.cpus_per_gpu:

@@ -72,6 +72,8 @@ def _live_state(pending: dict) -> tuple[str, Optional[str], Optional[str]]:
             return str(RunStatus.FAILED), sstate, last_log
     if not state:
         return str(RunStatus.QUEUED), None, last_log
+    if state.get("state") == "requeued":
+        return str(RunStatus.QUEUED), state.get("reason"), last_log
     if state.get("state") == "running":
         pid, host = state.get("pid"), state.get("host")
         import socket

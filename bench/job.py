@@ -7,6 +7,7 @@ executor (and SLURM) also see the job as failed.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -177,8 +178,19 @@ def _results_for(spec: RunSpec, base: dict) -> list[Path]:
     return paths
 
 
+def rank() -> int:
+    """This process's rank in a multi-GPU run (SLURM task id or torchrun's RANK); 0 otherwise."""
+    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
+
+
 def run(spec: RunSpec, resume: bool = True) -> list[str]:
-    """Train, evaluate and measure one run; write its rows' result files. Returns their paths."""
+    """Train, evaluate and measure one run; write its rows' result files. Returns their paths.
+
+    In a multi-GPU run every rank trains and evaluates (mmengine's distributed runner); rank 0 alone
+    measures speed and writes the state and result files."""
+    if rank() != 0:
+        _train_and_measure(spec, Path(spec.work_dir), resume)
+        return []
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = _now(), time.time()
@@ -190,6 +202,11 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     try:
         base["versions"] = _versions()
         measured, notes, measurement = _train_and_measure(spec, work, resume)
+    except SystemExit:
+        # submitit's preemption/time-out handler checkpointed and requeued this job, then exits:
+        # not a failure; the requeued job resumes from the last mmengine checkpoint
+        write_state(work, state="requeued", reason="preempted or timed out: requeued, resumes from its last checkpoint")
+        raise
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then re-raised
         reason = _failure_reason(e)
         base.update(status="failed", failure=reason, log_tail=log_tail(work), finished_at=_now(),
@@ -202,6 +219,23 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     paths = _results_for(spec, base)
     write_state(work, state="done", iter=measurement.get("iterations"), max_iters=spec.overlay.get("iterations"))
     return [str(p) for p in paths]
+
+
+def _resume_checkpoint(train_dir: Path) -> Optional[str]:
+    """The newest complete checkpoint of an interrupted run. A kill can land while mmengine writes a
+    checkpoint (truncated file) or between deleting an old one and updating ``last_checkpoint``, so
+    the files themselves are checked rather than trusting ``last_checkpoint``."""
+    import re
+    import zipfile
+
+    def number(p: Path) -> int:
+        m = re.search(r"(\d+)\.pth$", p.name)
+        return int(m.group(1)) if m else -1
+
+    for p in sorted([*train_dir.glob("iter_*.pth"), *train_dir.glob("epoch_*.pth")], key=number, reverse=True):
+        if zipfile.is_zipfile(p):  # torch.save's zip format: a truncated file has no central directory
+            return str(p)
+    return None
 
 
 def _failure_reason(e: BaseException) -> str:
@@ -234,20 +268,25 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     # mmengine 0.10.7 calls torch.load without weights_only; torch >= 2.6 defaults it to True and refuses
     # mmengine's own checkpoints (they pickle the message hub). They are the run's own files: trusted.
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    cfg = Config(spec.config)
+    cfg = Config(copy.deepcopy(spec.config))  # the spec travels again if the job is requeued: keep it pristine
     cfg.work_dir = str(work / "train")
-    resumed_from = None
-    last = work / "train" / "last_checkpoint"
-    if resume and last.exists():
-        cfg.resume = True  # mmengine finds the latest checkpoint in work_dir
-        resumed_from = last.read_text().strip()
+    resumed_from = _resume_checkpoint(work / "train") if resume else None
+    if resumed_from:
+        cfg.resume = True
+        cfg.load_from = resumed_from
     cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
+    if spec.gpus > 1:
+        # one task per GPU; torch.distributed from the SLURM environment (or torchrun's)
+        cfg.launcher = "slurm" if "SLURM_PROCID" in os.environ else "pytorch"
+        cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "nccl"
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
+    if rank() != 0:
+        return {}, {}, {}
     measured = coco_metrics(metrics)
     notes: dict[str, str] = {}
-    model = runner.model
+    model = getattr(runner.model, "module", runner.model)  # unwrap DistributedDataParallel
     measured["params_M"] = count_trainable(model) / 1e6
     if spec.dataset == "synth":
         notes["params_M"] = (f"trainable parameters of the model as trained here: {len(cfg.train_dataloader.dataset.metainfo['classes'])} "

@@ -74,9 +74,14 @@ def _job_entry(spec: RunSpec) -> list[str]:
     from bench.job import run
 
     try:
-        return run(spec)
-    finally:
+        out = run(spec)
+    except SystemExit:
+        raise  # requeued by submitit: the job record stays pending
+    except BaseException:
         clear_pending(spec)
+        raise
+    clear_pending(spec)
+    return out
 
 
 def _last_line(text: str) -> str:

@@ -242,7 +242,7 @@ def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
          if milestones else [])
     hooks = cfg.setdefault("default_hooks", {})
     hooks["checkpoint"] = {"type": "CheckpointHook", "interval": scale.checkpoint_interval, "by_epoch": False,
-                           "max_keep_ckpts": 1, "save_last": True}
+                           "max_keep_ckpts": 2, "save_last": True}  # two: a kill mid-save leaves the older one
     hooks["logger"] = {"type": "LoggerHook", "interval": 10}
     cfg["log_processor"] = {"type": "LogProcessor", "window_size": 10, "by_epoch": False}
     # gradient clipping keeps from-scratch SGD rows from blowing up in the first iterations

@@ -55,15 +55,16 @@ def _rel(measured: Optional[float], published: Optional[float]) -> Optional[floa
 
 def build(row: Row):
     from mmdet.registry import MODELS
+    from mmengine.config import ConfigDict
 
     from bench.plan import _strip_pretrained
 
     cfg = row_config(row.model).to_dict()
     if row.model.module is not None:
-        return MODELS.build(cfg["module"]), True
+        return MODELS.build(ConfigDict(cfg["module"])), True
     model_cfg = cfg["model"]
     _strip_pretrained(model_cfg)
-    return MODELS.build(model_cfg), False
+    return MODELS.build(ConfigDict(model_cfg)), False  # attribute access (cfg.rpn) as mmdet expects
 
 
 def model_flops(model, hw: tuple[int, int]) -> tuple[Optional[float], str]:
@@ -72,7 +73,7 @@ def model_flops(model, hw: tuple[int, int]) -> tuple[Optional[float], str]:
 
     from bench.job import measure_flops
 
-    h, w = hw
+    h, w = (-(-hw[0] // 32) * 32, -(-hw[1] // 32) * 32)  # padded to 32 like mmdet's data preprocessor
     sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                                          batch_input_shape=(h, w), scale_factor=(1.0, 1.0), img_id=0))
     data = {"inputs": torch.zeros(1, 3, h, w), "data_samples": [sample]}

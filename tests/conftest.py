@@ -11,6 +11,9 @@ from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the session-scoped real SLURM cluster (started only by tests that ask for `slurm_cluster`)
+pytest_plugins = ["tests.slurm_cluster"]
+
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):

@@ -20,8 +20,6 @@ import cloudpickle  # noqa: E402  (a submitit dependency)
 import submitit  # noqa: E402
 from submitit.core.utils import FailedJobError  # noqa: E402
 
-pytest_plugins = ["tests.slurm_cluster"]
-
 # The job processes cannot import this test module (it is not on their sys.path), so the functions
 # and classes submitted from here travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
