@@ -250,10 +250,6 @@ def data_check(dataset: str, root: Path, split: str | None) -> None:
     click.echo(f"{root}: {dataset} ({split}) ok")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # ------------------------------------------------------------------------------------------ run
 def _results_root(ctx: click.Context) -> Path:
     from bench.results import default_results_dir
@@ -567,3 +563,7 @@ def cancel_cmd(ctx, table, rows, scale) -> None:
 from bench.report.command import report_cmd  # noqa: E402  (cheap: pandas/matplotlib/jinja2 load on use)
 
 main.add_command(report_cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

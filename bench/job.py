@@ -286,6 +286,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         return {}, {}, {}
     measured = coco_metrics(metrics)
     notes: dict[str, str] = {}
+    if not any(k.startswith("mask_") for k in measured):
+        # mmdet's CocoMetric skips COCOeval when the model detects nothing: that is an AP of 0
+        for prefix in ("mask", "box"):
+            for k in ("AP", "AP50", "AP75"):
+                measured[f"{prefix}_{k}"] = 0.0
+                notes[f"{prefix}_{k}"] = "no detections on the evaluation split: AP is 0 (COCOeval was not run)"
     model = getattr(runner.model, "module", runner.model)  # unwrap DistributedDataParallel
     measured["params_M"] = count_trainable(model) / 1e6
     if spec.dataset == "synth":
