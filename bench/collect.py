@@ -70,8 +70,8 @@ def _live_state(pending: dict) -> tuple[str, Optional[str], Optional[str]]:
             return str(RunStatus.CANCELLED), sstate, last_log
         if sstate and sstate.startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")):
             return str(RunStatus.FAILED), sstate, last_log
-    if not state:
-        return str(RunStatus.QUEUED), None, last_log
+    if not state or pending.get("job_id") is None:
+        return str(RunStatus.QUEUED), None if pending.get("job_id") else "waiting for a free slot", last_log
     if state.get("state") == "requeued":
         return str(RunStatus.QUEUED), state.get("reason"), last_log
     if state.get("state") == "running":

@@ -147,6 +147,8 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
         interrupted = True
 
     old = signal.signal(signal.SIGINT, _stop)
+    for spec in queue:  # visible to `bench status` as queued until a slot frees
+        mark_pending(spec, "local", None, str(Path(spec.work_dir) / "submitit"))
     try:
         while (queue or active) and not interrupted:
             while queue and len(active) < max_parallel:
@@ -177,6 +179,8 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
     finally:
         signal.signal(signal.SIGINT, old)
         if interrupted:
+            for spec in queue:
+                clear_pending(spec)
             for spec, job in active:
                 job.cancel()
                 record_unfinished(spec, "cancelled by the user (Ctrl-C); rerun to resume from the last checkpoint",

@@ -111,6 +111,7 @@ def profile_table(table: Table, flops: bool = True) -> list[Profile]:
             g, note = model_flops(model, hw)
             p.gflops = round(g, 2) if g is not None else None
             p.gflops_rel_diff = _rel(p.gflops, p.published_gflops)
-            p.note = "; ".join(x for x in (p.note, f"input {hw[0]}x{hw[1]} from {why}", note) if x)
+            p.note = "; ".join(x for x in (p.note, f"input {hw[0]}x{hw[1]} (padded to a multiple of 32) from {why}",
+                                           note) if x)
         del model
     return out
