@@ -46,7 +46,6 @@ class Scale:
     pretrained: bool
     lr_scaling: str
     checkpoint_interval: Optional[int]
-    val_max_images: Optional[int]
     speed_images: int
     seed: int
     synth: Optional[dict] = None   # smoke: the synthetic set's spec (train_images, val_images, size)
@@ -361,8 +360,19 @@ def _synth_root(scale: Scale) -> Path:
     return synth.default_dir(synth_spec(scale))
 
 
-#: measured on 2 CPU cores (benchmarks/): minutes per smoke-scale run of the kernel/Mask R-CNN family
-SMOKE_MINUTES_PER_RUN = 2.5
+#: measured here on 2 CPU cores for csr-d2s Table II rows (ResNet-50, batch 2): ~1.1 s per iteration at
+#: 256x256 and ~0.55 s at 160x160, i.e. a fixed part plus a part growing with the input area; plus ~30 s
+#: to evaluate, count FLOPs and time inference (benchmarks/smoke_table_ii.txt)
+SMOKE_S_PER_ITER_FIXED = 0.2
+SMOKE_S_PER_ITER_PER_PIXEL = 1.38e-5
+SMOKE_FIXED_S = 30.0
+
+
+def smoke_minutes(scale: "Scale") -> float:
+    """A rough CPU estimate of one smoke run (ResNet-50-class models; Mask R-CNN heads are slower)."""
+    h, w = scale.input_size or (256, 256)
+    per_iter = SMOKE_S_PER_ITER_FIXED + SMOKE_S_PER_ITER_PER_PIXEL * h * w
+    return (scale.iterations * per_iter + SMOKE_FIXED_S) / 60
 
 
 def _gpu_hours(row: Row) -> Optional[float]:
@@ -401,12 +411,13 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             data_key = (f"synth:{Path(facts['root']).name}" if facts["dataset"] == "synth"
                         else f"{facts['dataset']}:{facts['root']}:{facts['eval_split']}")
             config_hash = canonical_hash(cfg)
-            key = canonical_hash({"config": config_hash, "scale": scale.as_dict(), "data": data_key,
+            scale_key = {k: v for k, v in scale.as_dict().items() if k != "description"}
+            key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key,
                                   "code": versions})
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
-            pr.est_minutes = SMOKE_MINUTES_PER_RUN if scale.name == "smoke" else None
+            pr.est_minutes = smoke_minutes(scale) if scale.name == "smoke" else None
             pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
             target = {"table": table.name, "row": row.id, "label": row.label,
                       "published": dict(row.published), "path": str(path)}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASSES = ("circle", "rectangle", "triangle")
 #: hue family per class (OpenCV hue, 0..180): red-ish, green-ish, blue-ish
 _HUES = (0, 60, 120)
@@ -81,12 +81,13 @@ def _colour(rng: np.random.Generator, cls: int) -> tuple[int, int, int]:
 
 
 def _sizes(rng: np.random.Generator, n: int, w: int, h: int) -> np.ndarray:
-    """Object diameters drawn so that small, medium and large areas all occur."""
+    """Object diameters in pixels, drawn so that COCO's small (< 32^2 px area), medium and large
+    (> 96^2 px) ranges all occur; the bands are absolute (COCO's thresholds are), clamped to the image."""
     short = min(w, h)
     bands = rng.choice(3, size=n, p=[0.35, 0.4, 0.25])
-    lo = np.array([14, 40, 112]) * short / 256
-    hi = np.array([30, 96, 170]) * short / 256
-    return rng.uniform(lo[bands], hi[bands])
+    lo = np.minimum(np.array([14.0, 40.0, 112.0]), 0.7 * short)
+    hi = np.minimum(np.array([30.0, 96.0, 170.0]), 0.95 * short)
+    return rng.uniform(lo[bands], np.maximum(hi[bands], lo[bands] + 1))
 
 
 def _mask_to_polygons(mask: np.ndarray) -> list[list[float]] | None:
