@@ -311,10 +311,13 @@ def _print_plan(plan) -> None:
 @click.option("--max-parallel", type=int, default=None,
               help="Concurrent local jobs (default: number of GPUs, or 1 on a CPU machine).")
 @click.option("--gpus", type=int, default=None, help="GPUs per run at paper scale (default: the recipe's).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train each row with N seeds (the scale's seed, +1, ...); seeds after the first write to "
+                   "results/seeds/<k>/, and reports show mean and spread and use it as noise for claims.")
 @click.option("--force", is_flag=True, help="Rerun rows whose results already exist.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, cost) and stop.")
 @click.pass_context
-def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, gpus, force, dry_run) -> None:
+def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, gpus, seeds, force, dry_run) -> None:
     """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.
 
     Each run writes results/<scale>/<paper>/<table>/<row>.json. A model shared by several rows
@@ -328,10 +331,17 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
     if scale == "paper" and data_root is None:
         raise BenchError("--scale paper needs --data-root (a COCO or Cityscapes root; see `bench data check`)")
     try:
-        plan = make_plan([(t, selected)], scale, root, data_root=data_root, force=force, gpus=gpus)
+        plans = [make_plan([(t, selected)], scale, root, data_root=data_root, force=force, gpus=gpus, seed_index=k)
+                 for k in range(seeds)]
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
+    plan = plans[0]
     _print_plan(plan)
+    for k, extra in enumerate(plans[1:], start=1):
+        click.echo(f"seed {extra.scale.seed} (results/seeds/{k}/): {len(extra.runs)} run(s) to start, "
+                   f"{sum(pr.action == 'done' for pr in extra.rows)} done")
+        plan.runs.update(extra.runs)
+        plan.reuse += extra.reuse
     if plan.reuse and not dry_run:
         from bench.plan import apply_reuse
 

@@ -384,9 +384,20 @@ def _gpu_hours(row: Row) -> Optional[float]:
     return round(per_epoch_8gpu_h * 8 * tr.epochs, 1)
 
 
+def seed_results_root(results_root: Path, seed_index: int) -> Path:
+    """Seed 0 writes to the results root; the extra seeds of `bench run --seeds N` to results/seeds/<k>/."""
+    return Path(results_root) if seed_index == 0 else Path(results_root) / "seeds" / str(seed_index)
+
+
 def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
-              data_root: Path | None = None, force: bool = False, gpus: int | None = None) -> Plan:
+              data_root: Path | None = None, force: bool = False, gpus: int | None = None,
+              seed_index: int = 0) -> Plan:
+    import dataclasses
+
     scale = Scale.load(scale_name)
+    if seed_index:
+        scale = dataclasses.replace(scale, seed=scale.seed + seed_index)
+        results_root = seed_results_root(results_root, seed_index)
     if scale.name == "smoke" and data_root is None:
         data_root = _synth_root(scale)
     versions = code_version()

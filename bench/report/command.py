@@ -39,7 +39,8 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
               help="Reports folder (default: $BENCH_REPORTS or the repository's reports/); pages go to OUT/<scale>/.")
 @click.option("--extra-results", type=click.Path(file_okay=False, path_type=Path), multiple=True,
               help="Further results folders holding other seeds' runs of the same rows (repeatable): "
-                   "cells show mean ± sd and claims use the spread as noise.")
+                   "cells show mean ± sd and claims use the spread as noise. The seeds of "
+                   "`bench run --seeds N` (results/seeds/<k>/) are always included.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures when reporting several tables (default: one per CPU).")
 @click.pass_context
@@ -61,8 +62,10 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
     if not html and not formats:
         html, formats = True, FORMATS
     results_root = obj.get("results") or default_results_dir()
+    # the extra seeds of `bench run --seeds N` live in results/seeds/<k>/: always pooled with seed 0
+    seed_roots = tuple(sorted(p for p in (Path(results_root) / "seeds").glob("*") if p.is_dir()))
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,
-                          formats=tuple(dict.fromkeys(formats)), extra_roots=extra_results,
+                          formats=tuple(dict.fromkeys(formats)), extra_roots=tuple(extra_results) + seed_roots,
                           workers=jobs or os.cpu_count() or 1)
     _echo_summary(report, scale, results_root)
 

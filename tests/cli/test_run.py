@@ -97,3 +97,18 @@ def test_unknown_row_and_table(tmp_path):
     assert p.returncode == 1 and "did you mean 'tiny'" in p.stderr
     p = _bench(tmp_path / "r", tmp_path / "d", "run", "table-9")
     assert p.returncode == 1 and "unknown table" in p.stderr
+
+
+def test_seeds_run_separately_and_pool_in_the_report(tmp_path):
+    env = bench_env(tmp_path / "r", tmp_path / "d")
+    p = subprocess.run([bench_exe(), "run", "pipeline-test/table-1", "tiny", "--scale", str(TINY_SCALE), "--seeds", "2"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    first = read_result(tmp_path / "r" / "smoke" / "pipeline-test" / "table-1" / "tiny.json")
+    second = read_result(tmp_path / "r" / "seeds" / "1" / "smoke" / "pipeline-test" / "table-1" / "tiny.json")
+    assert (first.measurement.seed, second.measurement.seed) == (0, 1) and first.run_key != second.run_key
+    p = subprocess.run([bench_exe(), "report", "pipeline-test/table-1", "--html", "--out", str(tmp_path / "rep")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
+    assert "2 seeds" in page and "mean ± sd over seeds" in page
