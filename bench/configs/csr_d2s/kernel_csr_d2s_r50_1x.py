@@ -5,8 +5,7 @@ ResNet-50 (C3-C5) -> CSRD2SNeck (CSR + D2S) -> KernelClsHead; Eq. 6 losses (1 CE
 12 epochs, lr x0.1 at epochs 8 and 11, batch 4 (2 GPUs x 2 images).
 Table III rows: override ``model.neck.csr_channels`` (128 / 256 / 512 / 1024).
 """
-_base_ = ['mmdet::_base_/datasets/coco_instance.py', 'mmdet::_base_/default_runtime.py']
-custom_imports = dict(imports=['bench.models'], allow_failed_imports=False)
+_base_ = ['./_schedule_adamw_12e.py']
 
 num_classes = 80
 model = dict(
@@ -61,35 +60,3 @@ model = dict(
                 dict(type='FocalLossCost', weight=3.0, binary_input=True),
             ])),
     test_cfg=dict(max_per_img=100, mask_thr=0.5, score_thr=0.0, use_maskness=True))
-
-# Sec. IV-A: batch 4 = 2 GPUs x 2 images.
-train_dataloader = dict(batch_size=2, num_workers=2)
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file='data/coco/annotations/instances_val2017.json',
-    metric=['bbox', 'segm'],
-    format_only=False,
-    backend_args=None)
-test_evaluator = val_evaluator
-
-# Sec. IV-A: AdamW, lr 1e-4, weight decay 0.05; gradient clipping (max-norm 1) and a linear
-# warm-up of 1000 iterations follow the K-Net recipe the paper says it follows.
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
-    clip_grad=dict(max_norm=1, norm_type=2))
-max_epochs = 12
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[8, 11],
-        gamma=0.1)
-]
-auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -5,8 +5,7 @@ localisation features at stride 8, 100 kernels, 3 kernel-update stages); schedul
 CSR-D2S paper Sec. IV-A (AdamW lr 1e-4, weight decay 0.05, 12 epochs, steps at 8 and 11,
 batch 4), which is also K-Net's own 1x recipe.
 """
-_base_ = ['mmdet::_base_/datasets/coco_instance.py', 'mmdet::_base_/default_runtime.py']
-custom_imports = dict(imports=['bench.models'], allow_failed_imports=False)
+_base_ = ['./_schedule_adamw_12e.py']
 
 num_classes = 80
 num_proposals = 100
@@ -76,32 +75,3 @@ model = dict(
                 dict(type='CrossEntropyLossCost', weight=1.0, use_sigmoid=True),
             ])),
     test_cfg=dict(max_per_img=num_proposals, mask_thr=0.5, score_thr=0.0))
-
-train_dataloader = dict(batch_size=2, num_workers=2)
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file='data/coco/annotations/instances_val2017.json',
-    metric=['bbox', 'segm'],
-    format_only=False,
-    backend_args=None)
-test_evaluator = val_evaluator
-
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
-    clip_grad=dict(max_norm=1, norm_type=2))
-max_epochs = 12
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[8, 11],
-        gamma=0.1)
-]
-auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -1,0 +1,35 @@
+"""The training setup of csr-d2s Sec. IV-A, shared by its models (and by K-Net, whose own recipe it
+follows): COCO instance segmentation, batch 4 = 2 GPUs x 2 images, AdamW lr 1e-4, weight decay 0.05,
+12 epochs, lr x0.1 at epochs 8 and 11; gradient clipping (max-norm 1) and a 1000-iteration linear
+warm-up follow the K-Net recipe the paper says it follows."""
+_base_ = ['mmdet::_base_/datasets/coco_instance.py', 'mmdet::_base_/default_runtime.py']
+custom_imports = dict(imports=['bench.models'], allow_failed_imports=False)
+
+train_dataloader = dict(batch_size=2, num_workers=2)
+val_evaluator = dict(
+    type='CocoMetric',
+    ann_file='data/coco/annotations/instances_val2017.json',
+    metric=['bbox', 'segm'],
+    format_only=False,
+    backend_args=None)
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
+    clip_grad=dict(max_norm=1, norm_type=2))
+max_epochs = 12
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[8, 11],
+        gamma=0.1)
+]
+auto_scale_lr = dict(enable=False, base_batch_size=4)
