@@ -74,4 +74,28 @@ class RunStatus(str, Enum):
         return self.value
 
 
+class Agreement(str, Enum):
+    """How a measured cell compares with the published one."""
+
+    WITHIN = "within tolerance"
+    OUTSIDE = "outside tolerance"
+    PUBLISHED_UNKNOWN = "published unknown"
+    NOT_MEASURED = "not measured"
+    NOT_COMPARABLE = "not comparable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Verdict(str, Enum):
+    """Whether an ablation row's published difference to its baseline holds in our measurements."""
+
+    HELD = "held"
+    REVERSED = "reversed"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 SCALES: tuple[str, ...] = ("smoke", "paper")

@@ -15,7 +15,8 @@ from typing import Iterable, Optional, Sequence
 from bench.collect import RowState, table_states
 from bench.recipes import Catalogue, RecipeError, Row, Table
 from bench.report import rules
-from bench.report.rules import Agreement, Sample, Tolerance, Verdict
+from bench.report.rules import Sample, Tolerance
+from bench.vocab import Agreement, Verdict
 from bench.results import Result, ResultReadError, read_result, result_path
 from bench.vocab import AP_METRICS, RowStatus, RunStatus
 

@@ -17,6 +17,7 @@ from bench import __version__
 from bench.report import rules, text
 from bench.report.frame import TableView
 from bench.report.plots import Plot
+from bench.vocab import Verdict
 
 if TYPE_CHECKING:
     import jinja2
@@ -96,7 +97,7 @@ def render_index(summaries: Sequence[Summary], scale: str, problems: Sequence[st
                  exports: dict[str, str]) -> str:
     totals = {k: sum(s.counts.get(k, 0) for s in summaries) for k in ("done", "failed", "pending", "not-run",
                                                                       "not-runnable")}
-    verdicts = {str(v): sum(s.verdicts.get(str(v), 0) for s in summaries) for v in rules.Verdict}
+    verdicts = {str(v): sum(s.verdicts.get(str(v), 0) for s in summaries) for v in Verdict}
     return environment().get_template("index.html.j2").render(
         summaries=summaries, scale=scale, smoke=scale == "smoke", totals=totals, verdicts=verdicts,
         rows=sum(s.rows for s in summaries), problems=problems, exports=exports, generated_at=now())

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Optional, Sequence
 
 from bench.recipes import Row, Table
-from bench.vocab import AP_METRICS, METRICS
+from bench.vocab import AP_METRICS, METRICS, Agreement, Verdict
 
 #: Said by the title of every smoke-scale page and plot.
 SMOKE_BANNER = "SMOKE SCALE — not comparable to the paper"
@@ -102,19 +101,6 @@ def sample_of(values: Sequence[Optional[float]]) -> Optional[Sample]:
 
 
 # ------------------------------------------------------------------------------------ cells
-class Agreement(str, Enum):
-    """How a measured cell compares with the published one."""
-
-    WITHIN = "within tolerance"
-    OUTSIDE = "outside tolerance"
-    PUBLISHED_UNKNOWN = "published unknown"
-    NOT_MEASURED = "not measured"
-    NOT_COMPARABLE = "not comparable"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 CELL_RULE = ("A measured cell is within tolerance when |measured − published| ≤ the tolerance: the row's, "
              "else the table's (both absolute, in metric units), else the default of its kind: "
              + "; ".join(f"{KIND_NAMES[kind]} {tol.describe().split(' ')[0]}"
@@ -135,17 +121,6 @@ def agreement(published: Optional[float], measured: Optional[Sample], tol: Toler
 
 
 # ------------------------------------------------------------------------------------ claims
-class Verdict(str, Enum):
-    """Whether an ablation row's published difference to its baseline holds in our measurements."""
-
-    HELD = "held"
-    REVERSED = "reversed"
-    INCONCLUSIVE = "inconclusive"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 #: standard errors of the difference of means that count as noise when seeds give a spread
 NOISE_SIGMAS = 2.0
 

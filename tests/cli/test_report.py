@@ -19,7 +19,8 @@ from bench.recipes import Catalogue
 from bench.report import rules
 from bench.report.command import report_cmd
 from bench.report.frame import build_table_view, gather
-from bench.report.rules import Agreement, Sample, Tolerance, Verdict
+from bench.report.rules import Sample, Tolerance
+from bench.vocab import Agreement, Verdict
 from bench.results import Measurement, Result, result_path, write_result
 
 REPO = Path(__file__).resolve().parents[2]
