@@ -270,6 +270,8 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg = Config(copy.deepcopy(spec.config))  # the spec travels again if the job is requeued: keep it pristine
     cfg.work_dir = str(work / "train")
+    if rank() == 0:
+        cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
     resumed_from = _resume_checkpoint(work / "train") if resume else None
     if resumed_from:
         cfg.resume = True

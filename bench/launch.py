@@ -153,6 +153,9 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
         while (queue or active) and not interrupted:
             while queue and len(active) < max_parallel:
                 spec = queue.pop(0)
+                if not any(pending_path(t["path"]).exists() for t in spec.targets):
+                    outcomes.append(Outcome(spec, False, "cancelled before it started (bench cancel)"))
+                    continue
                 folder = Path(spec.work_dir) / "submitit"
                 ex = submitit.LocalExecutor(folder=folder)
                 ex.update_parameters(timeout_min=timeout_min)
