@@ -209,10 +209,11 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
         raise
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then re-raised
         reason = _failure_reason(e)
-        base.update(status="failed", failure=reason, log_tail=log_tail(work), finished_at=_now(),
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"  # Ctrl-C / job.cancel()
+        base.update(status=status, failure=reason, log_tail=log_tail(work), finished_at=_now(),
                     wall_s=round(time.time() - t0, 1))
         _results_for(spec, base)
-        write_state(work, state="failed", reason=reason)
+        write_state(work, state=status, reason=reason)
         raise
     base.update(status="done", measured=measured, measured_notes=notes, measurement=measurement,
                 finished_at=_now(), wall_s=round(time.time() - t0, 1), log_tail=log_tail(work, 5))
@@ -245,7 +246,7 @@ def _failure_reason(e: BaseException) -> str:
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
         return "out of memory: " + text
     if isinstance(e, KeyboardInterrupt):
-        return "interrupted (SIGINT)"
+        return "interrupted (SIGINT: Ctrl-C or cancelled); a rerun resumes from the last checkpoint"
     tb = traceback.extract_tb(e.__traceback__)
     if tb and Path(tb[-1].filename).name == "checkloss_hook.py":
         return "NaN/inf loss (mmengine CheckInvalidLossHook stopped the training)"
