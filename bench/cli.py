@@ -285,10 +285,8 @@ def _print_plan(plan) -> None:
     con.print(rt)
     n_run = len(plan.runs)
     if plan.scale.name == "smoke":
-        from bench.plan import smoke_minutes
-
-        per = smoke_minutes(plan.scale)
-        cost = f"about {n_run * per:.0f} min on 2 CPU cores ({per:.1f} min a run, ResNet-50-class models)"
+        minutes = [pr.est_minutes for pr in plan.rows if pr.action == "run" and pr.est_minutes]
+        cost = f"about {sum(minutes):.0f} min on 2 CPU cores (measured per-iteration times; rough)"
     else:
         hours = [pr.est_gpu_hours for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours]
         cost = f"about {sum(hours):.0f} V100 GPU-hours (mmdet model-zoo train times x the recipes' epochs)"

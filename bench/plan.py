@@ -368,10 +368,18 @@ SMOKE_S_PER_ITER_PER_PIXEL = 1.38e-5
 SMOKE_FIXED_S = 30.0
 
 
-def smoke_minutes(scale: "Scale") -> float:
-    """A rough CPU estimate of one smoke run (ResNet-50-class models; Mask R-CNN heads are slower)."""
+#: RoI heads on the CPU (mmcv's RoIAlign backward, the box/mask heads): sbr-cnn Table 2's Mask R-CNN ran
+#: at ~3.7 s per iteration at 160x160, ~6x a single-stage model of the same backbone
+SMOKE_ROI_HEAD_FACTOR = 6.0
+
+
+def smoke_minutes(scale: "Scale", model_cfg: Optional[dict] = None) -> float:
+    """A rough CPU estimate of one smoke run: measured seconds per iteration of a ResNet-50 model,
+    times SMOKE_ROI_HEAD_FACTOR for two-stage models (a ``roi_head``)."""
     h, w = scale.input_size or (256, 256)
     per_iter = SMOKE_S_PER_ITER_FIXED + SMOKE_S_PER_ITER_PER_PIXEL * h * w
+    if model_cfg and model_cfg.get("roi_head"):
+        per_iter *= SMOKE_ROI_HEAD_FACTOR
     return (scale.iterations * per_iter + SMOKE_FIXED_S) / 60
 
 
@@ -428,7 +436,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
-            pr.est_minutes = smoke_minutes(scale) if scale.name == "smoke" else None
+            pr.est_minutes = smoke_minutes(scale, cfg.get("model")) if scale.name == "smoke" else None
             pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
             target = {"table": table.name, "row": row.id, "label": row.label,
                       "published": dict(row.published), "path": str(path)}
