@@ -32,7 +32,7 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip("headless Chromium is not installed (apt-get install chromium; .ci/run does)")
+    pytest.fail("headless Chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
 def browse(url: str, tmp: Path, *extra: str) -> str:
