@@ -216,7 +216,7 @@ def data_group() -> None:
               help="Output folder (default: $BENCH_DATA or ~/.cache/bench/data/synth-<key>).")
 @click.option("--train-images", default=96, show_default=True)
 @click.option("--val-images", default=24, show_default=True)
-@click.option("--size", default=256, show_default=True, help="Image width and height in pixels.")
+@click.option("--size", default=160, show_default=True, help="Image width and height in pixels (160: the smoke scale's set).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rewrite even if the folder holds the same dataset.")
 def data_synth(out: Path | None, train_images: int, val_images: int, size: int, seed: int, force: bool) -> None:
