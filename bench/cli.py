@@ -472,7 +472,7 @@ def logs_cmd(ctx, table, row, scale, lines) -> None:
     from bench.collect import table_states
 
     _, t = _load(ctx, table)
-    t.row(row) if row in [r.id for r in t.rows] else _select_rows(t, (row,))
+    _select_rows(t, (row,))  # unknown row: error with "did you mean"
     states, _ = table_states(t, scale, _results_root(ctx))
     s = next(s for s in states if s.row == row)
     work = (s.job or {}).get("work_dir") or (s.result.work_dir if s.result else None)

@@ -5,20 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
-from mmdet.structures.mask import BitmapMasks
 from mmdet.utils import register_all_modules
 
 register_all_modules()
 import bench.models  # noqa: E402,F401  (registers the components)
+from tests.models.samples import make_sample  # noqa: E402
 from bench.models.csr_d2s import (CrossScaleReweighting, CSRD2SNeck,  # noqa: E402
                                   DepthToSpace, FPNFusionNeck)
 from bench.models.kernel_head import KernelClsHead  # noqa: E402
@@ -42,25 +40,6 @@ def build_from_config(path: Path, **neck_overrides) -> torch.nn.Module:
     cfg.model.backbone.init_cfg = None
     cfg.model.neck.update(neck_overrides)
     return MODELS.build(cfg.model)
-
-
-def make_sample(img_hw: tuple[int, int], boxes: list[tuple[int, int, int, int]],
-                labels: list[int], ori_hw: tuple[int, int] | None = None) -> DetDataSample:
-    """A DetDataSample with rectangle masks at image size ``img_hw``."""
-    h, w = img_hw
-    masks = np.zeros((len(boxes), h, w), dtype=np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        masks[i, y1:y2, x1:x2] = 1
-    gt = InstanceData()
-    gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    gt.labels = torch.tensor(labels, dtype=torch.long)
-    gt.masks = BitmapMasks(masks, h, w)
-    sample = DetDataSample()
-    sample.gt_instances = gt
-    ori = ori_hw or img_hw
-    sample.set_metainfo(dict(img_shape=img_hw, ori_shape=ori, pad_shape=img_hw,
-                             scale_factor=(w / ori[1], h / ori[0])))
-    return sample
 
 
 def synthetic_batch() -> dict:

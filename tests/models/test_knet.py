@@ -5,42 +5,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmdet.structures.mask import BitmapMasks
 from mmdet.utils import register_all_modules
 
 register_all_modules()
 import bench.models  # noqa: E402,F401  (registers the components)
+from tests.models.samples import make_sample  # noqa: E402
 from bench.models.knet import KernelUpdator, KNetSemanticFPN  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[2] / 'bench' / 'configs' / 'csr_d2s' / 'knet_r50_1x.py'
 MEASURED_TRAINABLE = 37_257_024  # ResNet-50 frozen_stages=1, counted after model.train()
 PUBLISHED = 37.26e6  # CSR-D2S paper, Table I
-
-
-def make_sample(img_hw: tuple[int, int], boxes: list[tuple[int, int, int, int]],
-                labels: list[int], ori_hw: tuple[int, int] | None = None) -> DetDataSample:
-    h, w = img_hw
-    masks = np.zeros((len(boxes), h, w), dtype=np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        masks[i, y1:y2, x1:x2] = 1
-    gt = InstanceData()
-    gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    gt.labels = torch.tensor(labels, dtype=torch.long)
-    gt.masks = BitmapMasks(masks, h, w)
-    sample = DetDataSample()
-    sample.gt_instances = gt
-    ori = ori_hw or img_hw
-    sample.set_metainfo(dict(img_shape=img_hw, ori_shape=ori, pad_shape=img_hw,
-                             scale_factor=(w / ori[1], h / ori[0])))
-    return sample
 
 
 def build_knet(num_classes: int = 80) -> torch.nn.Module:

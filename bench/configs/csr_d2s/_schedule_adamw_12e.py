@@ -1,9 +1,19 @@
-"""The training setup of csr-d2s Sec. IV-A, shared by its models (and by K-Net, whose own recipe it
+"""The data preprocessing and training setup of csr-d2s Sec. IV-A, shared by its models (and by K-Net, whose own recipe it
 follows): COCO instance segmentation, batch 4 = 2 GPUs x 2 images, AdamW lr 1e-4, weight decay 0.05,
 12 epochs, lr x0.1 at epochs 8 and 11; gradient clipping (max-norm 1) and a 1000-iteration linear
 warm-up follow the K-Net recipe the paper says it follows."""
 _base_ = ['mmdet::_base_/datasets/coco_instance.py', 'mmdet::_base_/default_runtime.py']
 custom_imports = dict(imports=['bench.models'], allow_failed_imports=False)
+
+# ImageNet normalisation, images padded to a multiple of 32, masks padded with them (both models)
+model = dict(
+    data_preprocessor=dict(
+        type='mmdet.DetDataPreprocessor',  # scoped: builds without a default scope
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=32,
+        pad_mask=True))
 
 train_dataloader = dict(batch_size=2, num_workers=2)
 val_evaluator = dict(
