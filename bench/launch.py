@@ -162,7 +162,10 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                 job = ex.submit(_job_entry, spec)
                 mark_pending(spec, "local", str(job.job_id), str(folder))
                 active.append((spec, job))
-            time.sleep(poll_s)
+            # wake up soon after a job ends (a cheap process check), report progress every poll_s
+            deadline = time.monotonic() + poll_s
+            while time.monotonic() < deadline and not interrupted and not any(j.done() for _, j in active):
+                time.sleep(0.05)
             for spec, job in list(active):
                 if on_progress:
                     on_progress(spec, read_state(spec.work_dir))

@@ -36,8 +36,11 @@ def test_run_trains_evaluates_and_records(pipeline_run):
     assert 10 < res.measured["params_M"] < 13
     m = res.measurement
     assert m.scale == "smoke" and m.dataset.startswith("synth") and m.iterations == 6 and m.batch_size == 2
-    assert m.eval_images == 4 and m.pretrained is False and m.device.startswith("cpu")
-    assert "CPU timing" in m.speed_protocol
+    assert m.eval_images == 5 and m.pretrained is False and m.device.startswith("cpu")
+    # 5 evaluation images = 3 warm-up + 2 timed: speed comes from the evaluation pass itself
+    assert "CPU timing" in m.speed_protocol and "timed during the evaluation pass" in m.speed_protocol
+    assert set(m.phases_s) == {"setup", "train", "test", "measure"} and all(v >= 0 for v in m.phases_s.values())
+    assert sum(m.phases_s.values()) <= res.wall_s + 1
     assert res.versions["mmdet"] == "3.3.0" and res.versions["mmcv"] == "2.1.0"
     assert res.config["train_cfg"]["max_iters"] == 6 and res.overlay["scale"] == "smoke"
     assert res.published == {"mask_AP": 30.0, "box_AP": 33.0, "params_M": 12.5}
