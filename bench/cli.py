@@ -379,7 +379,7 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
 def _run_with_progress(runs, cluster: str, max_parallel: int | None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.launch import run_inline, run_local
+    from bench.launch import run_inline, run_local, visible_gpus
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False) as prog:
@@ -399,9 +399,7 @@ def _run_with_progress(runs, cluster: str, max_parallel: int | None):
 
         if cluster == "inline":
             return run_inline(runs, on_progress)
-        import torch  # noqa: F401  (only for the GPU count)
-
-        n = max_parallel or max(1, torch.cuda.device_count())
+        n = max_parallel or max(1, visible_gpus())
         return run_local(runs, max_parallel=n, on_progress=on_progress)
 
 

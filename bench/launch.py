@@ -118,6 +118,32 @@ def read_state(work_dir: str | Path) -> dict:
         return {}
 
 
+def visible_gpus() -> int:
+    """CUDA GPUs a job started from here could use, without importing torch in the CLI (that import
+    alone costs about 2 s of start-up and tear-down per command)."""
+    import importlib.metadata
+
+    try:
+        if "+cpu" in importlib.metadata.version("torch"):
+            return 0  # a CPU wheel sees no GPU, whatever the machine has
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = []
+        for x in (x.strip() for x in cvd.split(",")):
+            if not x or x.startswith("-"):
+                break  # CUDA stops at the first invalid id: '-1' or '' hides every GPU after it
+            ids.append(x)
+        return len(ids)
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir():
+        return len(list(gpus.iterdir()))
+    import torch  # another accelerator stack (ROCm): ask torch
+
+    return torch.cuda.device_count()
+
+
 def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> list[Outcome]:
     out = []
     for spec in runs:
