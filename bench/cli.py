@@ -352,6 +352,13 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
             click.echo(f"nothing to run: {done} row(s) already done (--force reruns them), {cannot} cannot run")
         return
     runs = list(plan.runs.values())
+    if cluster == "local":
+        from bench.launch import LaunchError, check_local_gpus
+
+        try:
+            check_local_gpus(runs)
+        except LaunchError as e:
+            raise BenchError(str(e)) from None
     if plan.scale.name == "smoke":
         from bench.data import synth
 

@@ -2,7 +2,8 @@
 
 Executors (one interface, like ``concurrent.futures``):
     inline  run in this process, one after another (debugging; a failure is recorded, the batch goes on)
-    local   submitit's LocalExecutor: each run in its own process, at most ``max_parallel`` at a time
+    local   submitit's LocalExecutor: each run in its own process, at most ``max_parallel`` at a time;
+            a run that needs k GPUs gets k of its own (CUDA_VISIBLE_DEVICES) or waits for them
     slurm   submitit's SlurmExecutor: one job array per resource shape; returns at once
 
 For every row a run serves, ``results/<scale>/<table>/<row>.pending.json`` records the run key, the
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from bench.plan import RunSpec
 from bench.results import Result, atomic_write_json, read_result, ResultReadError, write_result
@@ -73,6 +74,7 @@ def _job_entry(spec: RunSpec) -> list[str]:
     """What a submitted job executes (module-level so submitit can pickle it)."""
     from bench.job import run
 
+    os.environ.update(local_dist_env())
     try:
         out = run(spec)
     except SystemExit:
@@ -118,16 +120,20 @@ def read_state(work_dir: str | Path) -> dict:
         return {}
 
 
-def visible_gpus() -> int:
-    """CUDA GPUs a job started from here could use, without importing torch in the CLI (that import
-    alone costs about 2 s of start-up and tear-down per command)."""
+class LaunchError(RuntimeError):
+    """A plan this executor cannot carry out (e.g. a run needs more GPUs than the machine has)."""
+
+
+def gpu_ids() -> list[str]:
+    """The CUDA GPUs a job started from here could use (ids as CUDA_VISIBLE_DEVICES names them),
+    found without importing torch in the CLI (that import alone costs about 2 s per command)."""
     import importlib.metadata
 
     try:
         if "+cpu" in importlib.metadata.version("torch"):
-            return 0  # a CPU wheel sees no GPU, whatever the machine has
+            return []  # a CPU wheel sees no GPU, whatever the machine has
     except importlib.metadata.PackageNotFoundError:
-        return 0
+        return []
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         ids = []
@@ -135,13 +141,76 @@ def visible_gpus() -> int:
             if not x or x.startswith("-"):
                 break  # CUDA stops at the first invalid id: '-1' or '' hides every GPU after it
             ids.append(x)
-        return len(ids)
+        return ids
     gpus = Path("/proc/driver/nvidia/gpus")
     if gpus.is_dir():
-        return len(list(gpus.iterdir()))
+        return [str(i) for i in range(len(list(gpus.iterdir())))]
     import torch  # another accelerator stack (ROCm): ask torch
 
-    return torch.cuda.device_count()
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def visible_gpus() -> int:
+    return len(gpu_ids())
+
+
+class GpuSlots:
+    """Hands GPUs to local jobs: a job needing k GPUs gets k ids of its own (its CUDA_VISIBLE_DEVICES)
+    or waits until k are free; a CPU job (k = 0) needs none."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = list(ids)
+        self.free = list(ids)
+
+    def take(self, k: int) -> Optional[list[str]]:
+        if k > len(self.free):
+            return None
+        got, self.free = self.free[:k], self.free[k:]
+        return got
+
+    def give(self, ids: list[str]) -> None:
+        self.free += [i for i in ids if i not in self.free]
+        self.free.sort(key=self.ids.index)
+
+
+def check_local_gpus(runs: list[RunSpec], ids: Optional[list[str]] = None) -> None:
+    """Refuse, before anything starts, a run that needs more GPUs than this machine shows."""
+    ids = gpu_ids() if ids is None else ids
+    for spec in runs:
+        if spec.gpus > len(ids):
+            rows = ", ".join(f"{t['table']}/{t['row']}" for t in spec.targets)
+            shown = f"{len(ids)} GPU(s)" + (f" ({','.join(ids)})" if ids else "")
+            raise LaunchError(
+                f"{rows}: the run needs {spec.gpus} GPU(s) and this machine shows {shown}. Pass --gpus "
+                f"{max(1, len(ids))} (the lr is scaled as the recipe's train.lr_scaling says), or use --cluster slurm.")
+
+
+def local_executor(folder: Path, timeout_min: int, gpus: list[str]):
+    """submitit's LocalExecutor for one run on the GPUs ``gpus`` (none: CPU; the job sees no GPU).
+    One task per GPU; :func:`local_dist_env` turns submitit's task ids into torch.distributed's."""
+    import submitit
+
+    ex = submitit.LocalExecutor(folder=folder)
+    params: dict = dict(timeout_min=timeout_min, tasks_per_node=max(1, len(gpus)), gpus_per_node=len(gpus))
+    if all(g.isdigit() for g in gpus):
+        params["visible_gpus"] = tuple(int(g) for g in gpus)
+    else:  # GPU UUIDs or MIG devices: submitit only takes integers, so the job's shell exports them
+        params["setup"] = [f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}"]
+    ex.update_parameters(**params)
+    return ex
+
+
+def local_dist_env(env: Optional[dict] = None) -> dict[str, str]:
+    """torch.distributed's variables for one task of a multi-GPU local job (submitit runs one
+    process per task and names them SUBMITIT_LOCAL_*); empty for a single-process job."""
+    env = os.environ if env is None else env
+    n = int(env.get("SUBMITIT_LOCAL_NTASKS", "1"))
+    if env.get("SUBMITIT_EXECUTOR") != "local" or n <= 1:
+        return {}
+    return {"RANK": env["SUBMITIT_LOCAL_GLOBALID"], "LOCAL_RANK": env["SUBMITIT_LOCAL_LOCALID"],
+            "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
+            # every task of the job shares the controller's id, so they agree on the port
+            "MASTER_PORT": str(20000 + int(env.get("SUBMITIT_LOCAL_JOB_ID", "0")) % 20000)}
 
 
 def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> list[Outcome]:
@@ -159,12 +228,13 @@ def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> l
 
 
 def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[Progress] = None,
-              poll_s: float = 1.0, timeout_min: int = 24 * 60) -> list[Outcome]:
-    """Each run in its own process through submitit's LocalExecutor, ``max_parallel`` at a time."""
-    import submitit
-
+              poll_s: float = 1.0, timeout_min: int = 24 * 60, gpus: Optional[list[str]] = None) -> list[Outcome]:
+    """Each run in its own process through submitit's LocalExecutor, ``max_parallel`` at a time; a run
+    that needs GPUs gets its own (``gpus``: the ids to share out, default those visible here)."""
+    slots = GpuSlots(gpu_ids() if gpus is None else gpus)
+    check_local_gpus(runs, slots.ids)
     queue = list(runs)
-    active: list[tuple[RunSpec, "submitit.Job"]] = []
+    active: list[tuple[RunSpec, Any, list[str]]] = []
     outcomes: list[Outcome] = []
     interrupted = False
 
@@ -178,26 +248,31 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
     try:
         while (queue or active) and not interrupted:
             while queue and len(active) < max_parallel:
-                spec = queue.pop(0)
+                spec = queue[0]
                 if not any(pending_path(t["path"]).exists() for t in spec.targets):
+                    queue.pop(0)
                     outcomes.append(Outcome(spec, False, "cancelled before it started (bench cancel)"))
                     continue
+                got = slots.take(spec.gpus)
+                if got is None:
+                    break  # waits (in order) until a running job gives its GPUs back
+                queue.pop(0)
                 folder = Path(spec.work_dir) / "submitit"
-                ex = submitit.LocalExecutor(folder=folder)
-                ex.update_parameters(timeout_min=timeout_min)
-                job = ex.submit(_job_entry, spec)
+                job = local_executor(folder, timeout_min, got).submit(_job_entry, spec)
                 mark_pending(spec, "local", str(job.job_id), str(folder))
-                active.append((spec, job))
+                active.append((spec, job, got))
             # wake up soon after a job ends (a cheap process check), report progress every poll_s
             deadline = time.monotonic() + poll_s
-            while time.monotonic() < deadline and not interrupted and not any(j.done() for _, j in active):
+            while time.monotonic() < deadline and not interrupted and not any(a[1].done() for a in active):
                 time.sleep(0.05)
-            for spec, job in list(active):
+            for entry in list(active):
+                spec, job, got = entry
                 if on_progress:
                     on_progress(spec, read_state(spec.work_dir))
                 if not job.done():
                     continue
-                active.remove((spec, job))
+                active.remove(entry)
+                slots.give(got)
                 try:
                     job.result()
                     outcomes.append(Outcome(spec, True, "done"))
@@ -213,7 +288,7 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
         if interrupted:
             for spec in queue:
                 clear_pending(spec)
-            for spec, job in active:
+            for spec, job, _ in active:
                 job.cancel()
                 record_unfinished(spec, "cancelled by the user (Ctrl-C); rerun to resume from the last checkpoint",
                                   status="cancelled")

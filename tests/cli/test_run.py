@@ -115,3 +115,17 @@ def test_seeds_run_separately_and_pool_in_the_report(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
     assert "2 seeds" in page and "mean ± sd over seeds" in page
+
+
+def test_local_run_needing_gpus_the_machine_lacks_is_refused_before_anything_starts(tmp_path):
+    root = tmp_path / "coco"  # a layout that passes the data check; nothing gets far enough to read it
+    for d in ("annotations", "train2017", "val2017"):
+        (root / d).mkdir(parents=True)
+    for f in ("instances_train2017.json", "instances_val2017.json"):
+        (root / "annotations" / f).write_text("{}")
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "tiny", "--scale", "paper",
+               "--data-root", str(root), "--gpus", "2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "pipeline-test/table-1/tiny: the run needs 2 GPU(s) and this machine shows 0 GPU(s)" in p.stderr
+    assert "--cluster slurm" in p.stderr
+    assert not list((tmp_path / "r").rglob("*.json"))  # no pending record, no result, no work dir
