@@ -13,13 +13,19 @@ class BenchProgressHook(Hook):
 
     priority = "VERY_LOW"
 
-    def __init__(self, interval: int = 5):
+    def __init__(self, interval: int = 5, min_period_s: float = 1.0):
         self.interval = interval
+        self.min_period_s = min_period_s  # fast iterations on a GPU: at most one write a second (shared filesystems)
+        self._last = 0.0
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        import time
+
         it = runner.iter + 1
-        if it % self.interval and it != runner.max_iters:
+        last = it == runner.max_iters
+        if not last and (it % self.interval or time.monotonic() - self._last < self.min_period_s):
             return
+        self._last = time.monotonic()
         from bench.job import write_state
 
         loss = None

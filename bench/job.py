@@ -70,7 +70,7 @@ def write_state(work_dir: Path, **state: Any) -> None:
     state.setdefault("pid", os.getpid())
     state.setdefault("host", socket.gethostname())
     state["updated"] = _now()
-    atomic_write_json(Path(work_dir) / "state.json", state)
+    atomic_write_json(Path(work_dir) / "state.json", state, durable=False)  # progress: atomic, not fsync'd
 
 
 # --------------------------------------------------------------------------------- measurements

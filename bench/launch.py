@@ -180,9 +180,9 @@ def check_local_gpus(runs: list[RunSpec], ids: Optional[list[str]] = None) -> No
         if spec.gpus > len(ids):
             rows = ", ".join(f"{t['table']}/{t['row']}" for t in spec.targets)
             shown = f"{len(ids)} GPU(s)" + (f" ({','.join(ids)})" if ids else "")
-            raise LaunchError(
-                f"{rows}: the run needs {spec.gpus} GPU(s) and this machine shows {shown}. Pass --gpus "
-                f"{max(1, len(ids))} (the lr is scaled as the recipe's train.lr_scaling says), or use --cluster slurm.")
+            fix = (f"Pass --gpus {len(ids)} (the paper's total batch is split over fewer GPUs), or use --cluster slurm."
+                   if ids else "Run it on a GPU machine, or use --cluster slurm.")
+            raise LaunchError(f"{rows}: the run needs {spec.gpus} GPU(s) and this machine shows {shown}. {fix}")
 
 
 def local_executor(folder: Path, timeout_min: int, gpus: list[str]):

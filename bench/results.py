@@ -94,16 +94,18 @@ def run_dir(root: Path, scale: str, run_key: str) -> Path:
     return Path(root) / scale / "runs" / run_key
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part. ``durable``
+    also flushes it to disk before the rename (results); progress files skip that (no fsync)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

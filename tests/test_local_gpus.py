@@ -58,6 +58,8 @@ def test_run_needing_more_gpus_than_the_machine_is_refused_before_anything_start
     msg = str(e.value)
     assert "paper/table-1/mask-1x: the run needs 8 GPU(s) and this machine shows 1 GPU(s) (0)" in msg
     assert "--gpus 1" in msg and "--cluster slurm" in msg
+    with pytest.raises(LaunchError, match="shows 0 GPU\\(s\\). Run it on a GPU machine, or use --cluster slurm"):
+        check_local_gpus([_Spec(1)], [])
 
 
 def _report_env():
