@@ -19,7 +19,7 @@ import yaml
 from bench import __version__
 from bench.data.datasets import LAYOUTS, check_root
 from bench.recipes import Row, Table
-from bench.resolve import _models_fingerprint, canonical_hash, row_config, row_status
+from bench.resolve import canonical_hash, model_code_fingerprint, row_config, row_status
 from bench.results import ResultReadError, read_result, result_path, run_dir
 from bench.vocab import RowStatus
 
@@ -72,9 +72,10 @@ class Scale:
         return dict(self.__dict__)
 
 
-def code_version() -> dict[str, str]:
-    """What the run key includes besides the config: bench, its model code, and the libraries."""
-    v = {"bench": __version__, "bench_models": _models_fingerprint()}
+def code_version(config: Optional[dict] = None) -> dict[str, str]:
+    """What the run key includes besides the config: bench, the bench model code the config uses
+    (its files only), and the libraries."""
+    v = {"bench": __version__, "bench_models": model_code_fingerprint(config) if config is not None else "none"}
     for lib in ("torch", "mmengine", "mmcv", "mmdet"):
         try:
             v[lib] = importlib.metadata.version(lib)
@@ -431,8 +432,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                         else f"{facts['dataset']}:{facts['root']}:{facts['eval_split']}")
             config_hash = canonical_hash(cfg)
             scale_key = {k: v for k, v in scale.as_dict().items() if k != "description"}
-            key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key,
-                                  "code": versions})
+            code = versions | {"bench_models": model_code_fingerprint(cfg)}
+            key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key, "code": code})
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
@@ -464,7 +465,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 dataset_root=facts["root"], eval_split=facts["eval_split"], targets=[target],
                 work_dir=str(run_dir(results_root, scale.name, key)), batch_size=facts["batch"],
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
-                versions=versions, config_hash=config_hash, input_size=scale.input_size,
+                versions=code, config_hash=config_hash, input_size=scale.input_size,
                 data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None))
     for pr in planned:
         if pr.run_key in runs:

@@ -127,33 +127,87 @@ def register_all() -> None:
     import bench.models  # noqa: F401  (registers the papers' components)
 
 
-_TYPES_INDEX_VERSION = 2  # bump when what known_types() collects changes
+_TYPES_INDEX_VERSION = 3  # bump when what the index collects changes
 
 
 @functools.lru_cache(maxsize=None)
-def known_types() -> frozenset[str]:
-    """Names registered in mmdet's (and mmengine's) registries, plus bench's components."""
+def _types_index() -> dict[str, str | None]:
+    """Every name registered in mmdet's (and mmengine's) registries, plus mmcv's ops, mapped to the
+    bench source file that defines it (``bench/models/x.py``) or None for library types."""
     path = cache_dir() / f"types-v{_TYPES_INDEX_VERSION}-{_models_fingerprint()}.json"
     if path.exists():
-        return frozenset(json.loads(path.read_text()))
+        return json.loads(path.read_text())
     register_all()
+    import inspect
+
     import mmdet.registry as reg
     from mmengine.registry import Registry
 
     import mmcv.ops
 
     # RoI layers and NMS are looked up by name in mmcv.ops, not through a registry
-    names: set[str] = {n for n in dir(mmcv.ops) if not n.startswith("_")}
+    index: dict[str, str | None] = {n: None for n in dir(mmcv.ops) if not n.startswith("_")}
     for obj in vars(reg).values():
         r = obj
         while isinstance(r, Registry):
-            names.update(r.module_dict)
+            for name, cls in r.module_dict.items():
+                src = None
+                if getattr(cls, "__module__", "").startswith("bench."):
+                    f = inspect.getsourcefile(cls)
+                    src = Path(f).resolve().relative_to(BENCH_DIR.parent).as_posix() if f else None
+                index[name] = index.get(name) or src
             r = r.parent
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(sorted(names)))
+    tmp.write_text(json.dumps(index, sort_keys=True))
     os.replace(tmp, path)
-    return frozenset(names)
+    return index
+
+
+def known_types() -> frozenset[str]:
+    """Names registered in mmdet's (and mmengine's) registries, plus bench's components."""
+    return frozenset(_types_index())
+
+
+def _bench_imports(rel: str) -> set[str]:
+    """bench/models files that ``rel`` imports (``from bench.models.x import ...``, ``from .x import ...``)."""
+    import ast
+
+    out: set[str] = set()
+    tree = ast.parse((BENCH_DIR.parent / rel).read_text())
+    for node in ast.walk(tree):
+        mod = None
+        if isinstance(node, ast.ImportFrom):
+            mod = ("bench.models." + node.module if node.level == 1 and node.module else node.module)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("bench.models."):
+                    out.add(a.name.replace(".", "/") + ".py")
+        if mod and mod.startswith("bench.models."):
+            f = mod.replace(".", "/") + ".py"
+            if (BENCH_DIR.parent / f).exists():
+                out.add(f)
+    return out
+
+
+def model_code_fingerprint(config: Any) -> str:
+    """What a run's key takes from bench's own model code: the files that define the bench types its
+    config names, with the bench modules they import. A config of library types only gets "none", so
+    adding or editing one paper's modules never invalidates another paper's finished runs."""
+    index = _types_index()
+    files: set[str] = {f for f in (index.get(t) for t in iter_types(config)) if f and f.startswith("bench/models/")}
+    todo = list(files)
+    while todo:
+        for f in _bench_imports(todo.pop()) - files:
+            files.add(f)
+            todo.append(f)
+    if not files:
+        return "none"
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode())
+        h.update((BENCH_DIR.parent / rel).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def missing_types(spec: ModelSpec) -> list[str]:
