@@ -1,0 +1,288 @@
+"""Tests of the SBR-CNN modules (bench/models/sbr_cnn.py): R^3-CNN (R3RoIHead, R3MaskHead), FCC heads,
+EnhancedNonLocal2d, RectConvBlock.  Real modules on CPU, small inputs, no pretrained weights; the model
+configs are the recipes' own rows (recipes/sbr-cnn/*.yaml), shrunk only in RoI counts / backbone depth
+for the train/predict tests."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import register_all_modules
+
+register_all_modules()
+import bench.models  # noqa: E402,F401  (registers the components)
+from bench.models.sbr_cnn import (EnhancedNonLocal2d, FCCBBoxHead,  # noqa: E402
+                                  FCCMaskIoUHead, R3MaskHead, R3RoIHead, RectConvBlock)
+from bench.plan import _strip_pretrained  # noqa: E402
+from bench.recipes import load_table  # noqa: E402
+from bench.resolve import row_config  # noqa: E402
+from tests.models.samples import make_sample  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[2] / 'recipes' / 'sbr-cnn'
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def row_model_cfg(table: str, row_id: str) -> dict:
+    t = load_table(RECIPES / f'{table}.yaml')
+    row = next(r for r in t.rows if r.id == row_id)
+    cfg = row_config(row.model).to_dict()['model']
+    _strip_pretrained(cfg)
+    return cfg
+
+
+def published_M(table: str, row_id: str):
+    t = load_table(RECIPES / f'{table}.yaml')
+    return next(r for r in t.rows if r.id == row_id).published.get('params_M')
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------
+def test_enhanced_nonlocal_kernels_params_and_identity_at_init():
+    nl = EnhancedNonLocal2d(256, reduction=2, use_scale=True, kernel_size=7)
+    for name in ('g', 'theta', 'phi', 'conv_out'):
+        assert getattr(nl, name).conv.kernel_size == (7, 7)
+    # Table 6 notes: 7x7 non-local on 256 ch = 6,423,168, on 64 ch = 401,568
+    assert n_params(nl) == 6_423_168
+    assert n_params(EnhancedNonLocal2d(64, kernel_size=7)) == 401_568
+    x = torch.randn(3, 256, 7, 7)
+    # conv_out is zero-initialised (mmcv NonLocal2d): the block starts as the identity
+    assert torch.equal(nl(x), x)
+    torch.nn.init.normal_(nl.conv_out.conv.weight, std=0.01)
+    y = nl(torch.randn(2, 256, 14, 14))
+    assert y.shape == (2, 256, 14, 14) and torch.isfinite(y).all()
+
+
+def test_rect_conv_block_keeps_roi_size():
+    blk = MODELS.build(dict(type='RectConvBlock', in_channels=256, out_channels=256,
+                            kernel_sizes=[[7, 3], [3, 7]], paddings=[3, 1]))
+    assert isinstance(blk, RectConvBlock)
+    assert [c.conv.kernel_size for c in blk.convs] == [(7, 3), (3, 7)]
+    assert n_params(blk) == 2 * (256 * 7 * 3 * 256 + 256)
+    assert blk(torch.randn(2, 256, 7, 7)).shape == (2, 256, 7, 7)
+    assert blk(torch.randn(2, 256, 14, 14)).shape == (2, 256, 14, 14)
+
+
+BBOX_KW = dict(in_channels=256, roi_feat_size=7, num_classes=80, reg_class_agnostic=True,
+               bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
+                               target_stds=[0.1, 0.1, 0.2, 0.2]))
+
+
+@pytest.mark.parametrize('l2c, nlb, nla, expected', [
+    ('7x7', False, False, 2_273_877),          # Sec. 3.2 version (b): "2.2M"
+    ('7x3->3x7', False, False, 2_847_701),     # version (c): "2.8M"
+    ('7x7', True, False, 8_697_045),           # version (d): "8.6M"
+    ('7x3->3x7', True, False, 9_270_869),      # version (e): "9.2M"
+    ('7x7', True, True, 9_098_613),            # Table 6 row 7 head
+])
+def test_fcc_bbox_head_params_and_shapes(l2c, nlb, nla, expected):
+    head = FCCBBoxHead(l2c=l2c, l2c_channels=[128, 64], nl_before=nlb, nl_after=nla, **BBOX_KW)
+    assert n_params(head) == expected
+    cls, reg = head(torch.randn(5, 256, 7, 7))
+    assert cls.shape == (5, 81) and reg.shape == (5, 4)
+    # the FC head it replaces (Shared2FCBBoxHead, 13,982,805) is Sec. 3.2's "14M"
+    fc = MODELS.build(dict(type='Shared2FCBBoxHead', fc_out_channels=1024, **BBOX_KW))
+    assert n_params(fc) == 13_982_805
+
+
+@pytest.mark.parametrize('l2c, nlb, nla, expected', [
+    ('7x7', False, False, 4_620_816),          # Sec. 3.2: "4.6M"
+    ('7x3->3x7', False, False, 5_194_640),     # "5.1M"
+    ('7x7', True, False, 11_043_984),          # "10.6M" printed (see sbr_cnn.md)
+])
+def test_fcc_mask_iou_head_params_and_shapes(l2c, nlb, nla, expected):
+    head = FCCMaskIoUHead(num_convs=4, roi_feat_size=14, in_channels=256, conv_out_channels=256,
+                          num_classes=80, l2c=l2c, l2c_channels=[128, 64], nl_before=nlb,
+                          nl_after=nla)
+    assert n_params(head) == expected
+    out = head(torch.randn(3, 256, 14, 14), torch.randn(3, 28, 28))
+    assert out.shape == (3, 80)
+
+
+def test_r3_mask_head_first_iteration_uses_c1_of_zeros():
+    head = R3MaskHead(with_conv_res=True, num_convs=4, in_channels=256, conv_out_channels=256,
+                      num_classes=80)
+    torch.nn.init.constant_(head.conv_res.conv.bias, 0.3)
+    x = torch.randn(2, 256, 14, 14)
+    logits, feat = head(x)  # Eq. 3, first iteration: M1(x + C_1(0))
+    ref_logits, ref_feat = head(x, torch.zeros(2, 256, 14, 14))
+    assert torch.allclose(logits, ref_logits) and torch.allclose(feat, ref_feat)
+    assert logits.shape == (2, 80, 28, 28) and feat.shape == (2, 256, 14, 14)
+    head.zero_res_first = False  # HTC's behaviour: no C_1 at the first iteration
+    assert not torch.allclose(head(x)[0], logits)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameter counts of the paper's configurations
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def base_params() -> int:
+    """Trainable parameters outside the RoI head (ResNet-50 with stem + stage 1 frozen, FPN, RPN),
+    measured once on the full table-2 r3-naive model, which must be 43,912,884 (= 43,912 K)."""
+    model = MODELS.build(ConfigDict(row_model_cfg('table-2', 'r3-naive')))
+    model.train()
+    total = n_params(model)
+    assert total == 43_912_884
+    assert isinstance(model.roi_head, R3RoIHead)
+    return total - n_params(model.roi_head)
+
+
+# (table, row, measured with this implementation). Published values are read from the recipe.
+PARAM_ROWS = [
+    ('table-2', 'r3-naive', 43_912_884), ('table-2', 'r3-deeper', 60_604_761),
+    ('table-6', 'l2c-7x7', 32_203_956), ('table-6', 'l2c-rect', 32_777_780),
+    ('table-6', 'l2c-7x7-nlb', 38_627_124), ('table-6', 'l2c-rect-nlb', 39_200_948),
+    ('table-6', 'l2c-7x7-nlb-nla', 39_028_692), ('table-6', 'h2-r3', 60_604_761),
+    ('table-6', 'h2-l2c-7x7', 37_186_905), ('table-6', 'h2-l2c-rect', 38_334_553),
+    ('table-6', 'h2-l2c-7x7-nlb', 50_033_241), ('table-6', 'h2-l2c-rect-nlb', 51_180_889),
+    ('table-7', 'miou', 55_541_252), ('table-7', 'miou-l2c-7x7', 43_821_764),
+    ('table-7', 'miou-l2c-rect', 44_395_588), ('table-7', 'miou-l2c-7x7-nlb', 50_244_932),
+    ('table-7', 'miou-l2c-7x7-nlb-nla', 50_646_500), ('table-7', 'h2-miou', 66_373_545),
+    ('table-7', 'h2-miou-l2c-7x7', 54_654_057), ('table-7', 'h2-miou-l2c-7x7-nlb', 61_077_225),
+    ('table-7', 'h2-miou-l2c-7x7-nlb-nla', 61_478_793), ('table-11', 'sbr-cnn', 63_091_140),
+]
+# Rows whose printed count disagrees with the configuration the text describes (recipe notes):
+# table-6 row 6 / table-7 row 2 print 37.9 for the 7x3->3x7 + NL_b head (39.2 by arithmetic);
+# table-7 rows 3, 4, 6, 7 print counts built on the 7x7 + NL_b head (see sbr_cnn.md).
+DOUBTFUL = {('table-6', 'l2c-rect-nlb'), ('table-7', 'miou'), ('table-7', 'miou-l2c-7x7'),
+            ('table-7', 'miou-l2c-7x7-nlb'), ('table-7', 'miou-l2c-7x7-nlb-nla')}
+TRUNCATED_TABLES = {'table-6', 'table-7'}  # printed in M with one decimal, truncated
+
+
+@pytest.mark.parametrize('table, row_id, measured', PARAM_ROWS)
+def test_paper_config_params(base_params, table, row_id, measured):
+    cfg = row_model_cfg(table, row_id)
+    roi = cfg['roi_head']
+    roi.update(train_cfg=cfg['train_cfg']['rcnn'], test_cfg=cfg['test_cfg']['rcnn'])
+    head = MODELS.build(ConfigDict(roi))
+    total = base_params + n_params(head)
+    assert total == measured
+    pub = published_M(table, row_id)
+    if pub is None:
+        return
+    if (table, row_id) in DOUBTFUL:
+        assert 0.01 < abs(total / 1e6 - pub) / pub < 0.04  # the documented 1.2-3.4 % gaps
+    elif table in TRUNCATED_TABLES:
+        assert int(total / 1e5) / 10 == pytest.approx(pub)  # e.g. 32,777,780 -> 32.7
+    else:
+        assert int(total / 1e3) / 1e3 == pytest.approx(pub)  # Table 2 prints whole K
+
+
+# ------------------------------------------------------------------------------------------------
+# Train / predict with the real R^3-CNN head (tiny backbone and RoI counts to stay fast)
+# ------------------------------------------------------------------------------------------------
+def tiny(cfg: dict, rois: int = 32) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg['backbone'] = dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
+                           frozen_stages=1, norm_cfg=dict(type='BN', requires_grad=True),
+                           norm_eval=True, style='pytorch', init_cfg=None)
+    cfg['neck']['in_channels'] = [64, 128, 256, 512]
+    cfg['train_cfg']['rpn_proposal'].update(nms_pre=100, max_per_img=rois)
+    for c in cfg['train_cfg']['rcnn']:
+        c['sampler']['num'] = rois
+    cfg['test_cfg']['rpn'].update(nms_pre=100, max_per_img=rois // 2)
+    cfg['test_cfg']['rcnn']['max_per_img'] = 10
+    return cfg
+
+
+def batch(n: int = 2) -> dict:
+    g = torch.Generator().manual_seed(0)
+    data = dict(
+        inputs=[torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8),
+                torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)],
+        data_samples=[make_sample((64, 64), [(4, 4, 40, 36), (30, 20, 60, 62)], [0, 1]),
+                      make_sample((64, 64), [(10, 8, 50, 50)], [2], ori_hw=(96, 96))])
+    return {k: v[:n] for k, v in data.items()}
+
+
+def count_calls(module: torch.nn.Module) -> list:
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(1))
+    return calls
+
+
+@pytest.fixture(scope='module')
+def deeper_model():
+    """table-2 'R^3-CNN (deeper)': H = 2 pairs, alternation 'aab', L_t = L_e = 3."""
+    torch.manual_seed(0)
+    return MODELS.build(ConfigDict(tiny(row_model_cfg('table-2', 'r3-deeper'))))
+
+
+def test_r3_train_loops_alternation_and_backprop(deeper_model):
+    model = deeper_model
+    model.train()
+    head = model.roi_head
+    assert head.pair_of_loop == [0, 0, 1] and head.loop_loss_weights == [1, 0.75, 0.5]
+    assert [c.assigner.pos_iou_thr for c in head.train_cfg] == [0.5, 0.6, 0.7]
+    bbox_calls = [count_calls(h) for h in head.bbox_head]
+    mask_calls = [count_calls(h) for h in head.mask_head]
+    data = model.data_preprocessor(batch(), True)
+    losses = model(**data, mode='loss')
+    for t in range(3):
+        for k in ('loss_cls', 'loss_bbox', 'loss_mask'):
+            assert torch.isfinite(losses[f's{t}.{k}'])
+    # B_a trains loops 1-2, B_b loop 3; mask internal loop j = t: loop 1 [M_a], loop 2 [M_a, M_a],
+    # loop 3 [M_a, M_a, M_b] (iteration i uses loop i's pair)
+    assert (len(bbox_calls[0]), len(bbox_calls[1])) == (2, 1)
+    assert (len(mask_calls[0]), len(mask_calls[1])) == (5, 1)
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    for pair in range(2):
+        assert head.bbox_head[pair].fc_cls.weight.grad.abs().sum() > 0
+        assert head.mask_head[pair].conv_logits.weight.grad.abs().sum() > 0
+    assert head.mask_head[0].conv_res.conv.weight.grad.abs().sum() > 0  # C_1 is trained
+
+
+def test_r3_predict_more_eval_loops_than_train(deeper_model):
+    model = deeper_model
+    model.eval()
+    head = model.roi_head
+    head.test_cfg['loops'] = 5  # Table 4: L_e > L_t keeps the last pair
+    bbox_calls = [count_calls(h) for h in head.bbox_head]
+    try:
+        with torch.no_grad():
+            out = model(**model.data_preprocessor(batch(), False), mode='predict')
+    finally:
+        head.test_cfg['loops'] = 3
+    assert (len(bbox_calls[0]), len(bbox_calls[1])) == (2, 3)
+    assert len(out) == 2 and all(isinstance(o, DetDataSample) for o in out)
+    p = out[1].pred_instances
+    assert p.bboxes.shape[1] == 4 and len(p) <= 10
+    assert p.masks.shape[1:] == (96, 96)  # rescaled to ori_shape
+    assert ((p.scores >= 0) & (p.scores <= 1)).all()
+
+
+def test_sbr_cnn_full_head_train_and_predict():
+    """table-11 SBR-CNN: GRoIE (conv 7x7 pre, EnhancedNonLocal2d post) for boxes and masks, FCC
+    7x3->3x7 + NL_b detection head, R3MaskHead, FCC 7x7 Mask IoU branch."""
+    torch.manual_seed(0)
+    # one image and few RoIs: GRoIE's 7x7 256->256 pre-convs cost ~2.5 GFLOP per 14x14 mask RoI
+    cfg = tiny(row_model_cfg('table-11', 'sbr-cnn'), rois=8)
+    cfg['test_cfg']['rcnn']['max_per_img'] = 3
+    model = MODELS.build(ConfigDict(cfg))
+    head = model.roi_head
+    assert isinstance(head.bbox_head[0], FCCBBoxHead) and head.bbox_head[0].nl_before is not None
+    assert isinstance(head.mask_iou_head, FCCMaskIoUHead)
+    assert isinstance(head.bbox_roi_extractor.post_module, EnhancedNonLocal2d)
+    model.train()
+    losses = model(**model.data_preprocessor(batch(1), True), mode='loss')
+    assert 'loss_mask_iou' in losses and torch.isfinite(losses['loss_mask_iou'])
+    loss, _ = model.parse_losses(losses)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert head.bbox_head[0].l2c[0].conv.weight.grad.abs().sum() > 0
+    assert head.bbox_roi_extractor.pre_module.conv.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(**model.data_preprocessor(batch(1), False), mode='predict')
+    p = out[0].pred_instances
+    assert len(p) <= 3 and p.masks.shape[1:] == (64, 64) and len(p) == len(p.scores) == len(p.labels)
