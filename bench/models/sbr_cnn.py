@@ -595,6 +595,6 @@ class R3RoIHead(BaseRoIHead):
                                                         num_proposals_per_img)
         results = (cls_scores, bbox_preds)
         if self.with_mask:
-            mask_feats = self._mask_features(x, rois)
+            mask_feats = self._mask_features(x, torch.cat(rois))  # rois come back split per image
             results = results + (self._mask_iterations(mask_feats, self.test_loops), )
         return results

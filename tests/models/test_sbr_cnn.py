@@ -180,7 +180,7 @@ def test_paper_config_params(base_params, table, row_id, measured):
 # ------------------------------------------------------------------------------------------------
 # Train / predict with the real R^3-CNN head (tiny backbone and RoI counts to stay fast)
 # ------------------------------------------------------------------------------------------------
-def tiny(cfg: dict, rois: int = 32) -> dict:
+def tiny(cfg: dict, rois: int = 16) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg['backbone'] = dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
                            frozen_stages=1, norm_cfg=dict(type='BN', requires_grad=True),
@@ -259,6 +259,12 @@ def test_r3_predict_more_eval_loops_than_train(deeper_model):
     assert p.bboxes.shape[1] == 4 and len(p) <= 10
     assert p.masks.shape[1:] == (96, 96)  # rescaled to ori_shape
     assert ((p.scores >= 0) & (p.scores <= 1)).all()
+    # tensor mode (used for FLOPs): averaged scores, last deltas, mask logits of the refined RoIs
+    with torch.no_grad():
+        (cls_scores, bbox_preds, masks), = model(**model.data_preprocessor(batch(), False),
+                                                 mode='tensor')  # TwoStageDetector wraps it
+    assert len(cls_scores) == 2 and cls_scores[0].shape[1] == 81
+    assert masks.shape[1:] == (80, 28, 28) and masks.shape[0] == sum(len(c) for c in cls_scores)
 
 
 def test_sbr_cnn_full_head_train_and_predict():
