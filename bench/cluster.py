@@ -113,7 +113,7 @@ class CheckpointableRun:
         return submitit.helpers.DelayedSubmission(CheckpointableRun(), spec)
 
 
-def _executor(profile: Profile, folder: Path, gpus: int):
+def _executor(profile: Profile, folder: Path, gpus: int, dependency: Optional[str] = None):
     import submitit
 
     # max_num_timeout caps how often a preempted / timed-out job requeues itself
@@ -142,6 +142,8 @@ def _executor(profile: Profile, folder: Path, gpus: int):
         extra["qos"] = profile.qos
     if profile.constraint:
         params["slurm_constraint"] = profile.constraint
+    if dependency:
+        extra["dependency"] = dependency
     if extra:
         params["slurm_additional_parameters"] = extra
     ex.update_parameters(**params)
@@ -154,24 +156,41 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
         raise ClusterError("--cluster slurm needs --profile slurm/<name>.yaml")
     profile = load_profile(profile_path)
     check_cluster(profile)
-    shapes: dict[int, list[RunSpec]] = defaultdict(list)
     for spec in runs:
         gpus = profile.gpus_per_node if profile.gpus_per_node else spec.gpus
         if gpus != spec.gpus:
             spec.gpus = gpus
             spec.overlay["gpus_overridden_by_profile"] = profile.name
-        shapes[gpus].append(spec)
-    lines = []
-    for gpus, specs in shapes.items():
-        root = Path(specs[0].work_dir).parent.parent / "slurm" / f"gpus{gpus}"
-        ex = _executor(profile, root, gpus)
-        fn = CheckpointableRun()
-        jobs = ex.map_array(fn, specs)
-        for spec, job in zip(specs, jobs):
-            mark_pending(spec, "slurm", str(job.job_id), str(root))
-        array_id = str(jobs[0].job_id).split("_")[0] if jobs else "?"
-        lines.append(f"job array {array_id}: {len(specs)} run(s), {gpus} GPU(s) each, partition "
-                     f"{profile.partition or '(default)'}")
+    # runs that differ from an earlier one only at test time go in later arrays that wait for it
+    first: dict[str, RunSpec] = {}
+    followers: list[RunSpec] = []
+    for spec in runs:
+        if spec.train_key and spec.train_key in first:
+            followers.append(spec)
+        else:
+            first.setdefault(spec.train_key or spec.run_key, spec)
+    leaders = [s for s in runs if s not in followers]
+    lines: list[str] = []
+    job_of: dict[str, str] = {}
+    for group, dependency in ((leaders, None), (followers, "")):
+        shapes: dict[int, list[RunSpec]] = defaultdict(list)
+        for spec in group:
+            shapes[spec.gpus].append(spec)
+        for gpus, specs in shapes.items():
+            dep = None
+            if dependency is not None:
+                dep = "afterany:" + ":".join(sorted({job_of[s.train_key] for s in specs}))
+            root = Path(specs[0].work_dir).parent.parent / "slurm" / f"gpus{gpus}"
+            ex = _executor(profile, root, gpus, dep)
+            jobs = ex.map_array(CheckpointableRun(), specs)
+            for spec, job in zip(specs, jobs):
+                mark_pending(spec, "slurm", str(job.job_id), str(root))
+                if dependency is None and spec.train_key:
+                    job_of[spec.train_key] = str(job.job_id)
+            array_id = str(jobs[0].job_id).split("_")[0] if jobs else "?"
+            lines.append(f"job array {array_id}: {len(specs)} run(s), {gpus} GPU(s) each, partition "
+                         f"{profile.partition or '(default)'}"
+                         + (f", after {dep.split(':', 1)[1]} (evaluates their trainings)" if dep else ""))
     return lines
 
 

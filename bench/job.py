@@ -270,6 +270,36 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     return [str(p) for p in paths]
 
 
+def _finished_training(spec: RunSpec) -> Optional[dict]:
+    """The finished training this run may evaluate instead of training (same train_key: the configs
+    differ only in what inference reads), if the plan allows it and its checkpoint is complete."""
+    import zipfile
+
+    from bench.plan import trained_pointer
+
+    after = getattr(spec, "reuse_training_after", None)
+    if after is None or not getattr(spec, "train_key", ""):
+        return None
+    try:
+        rec = json.loads(trained_pointer(spec.work_dir, spec.train_key).read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("run_key") == spec.run_key or rec.get("finished_at", 0) < after:
+        return None
+    return rec if zipfile.is_zipfile(rec.get("checkpoint", "")) else None
+
+
+def _record_training(spec: RunSpec, work: Path, runner) -> None:
+    """Publish this run's finished training for runs that differ from it only at test time."""
+    from bench.plan import trained_pointer
+
+    ckpt = _resume_checkpoint(work / "train")
+    if ckpt:
+        atomic_write_json(trained_pointer(spec.work_dir, spec.train_key), {
+            "run_key": spec.run_key, "checkpoint": ckpt, "iterations": runner.iter, "epochs": runner.epoch,
+            "finished_at": time.time(), "targets": [f"{t['table']}/{t['row']}" for t in spec.targets]})
+
+
 def _resume_checkpoint(train_dir: Path) -> Optional[str]:
     """The newest complete checkpoint of an interrupted run. A kill can land while mmengine writes a
     checkpoint (truncated file) or between deleting an old one and updating ``last_checkpoint``, so
@@ -324,7 +354,11 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if rank() == 0:
         cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
     resumed_from = _resume_checkpoint(work / "train") if resume else None
-    if resumed_from:
+    trained = _finished_training(spec) if not resumed_from else None
+    if trained:  # differs from a finished run only at test time: evaluate its weights, train nothing
+        cfg.load_from = trained["checkpoint"]
+        cfg.resume = False
+    elif resumed_from:
         cfg.resume = True
         cfg.load_from = resumed_from
     cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
@@ -335,7 +369,10 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     runner = Runner.from_cfg(cfg)
     phases["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
-    runner.train()
+    if not trained:
+        runner.train()
+        if rank() == 0 and spec.train_key:
+            _record_training(spec, work, runner)
     phases["train"] = time.perf_counter() - t
     t = time.perf_counter()
     model = getattr(runner.model, "module", runner.model)  # unwrap DistributedDataParallel
@@ -378,11 +415,11 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if fps is not None:
         measured["fps"] = round(fps, 2)
         measured["latency_ms"] = round(1000 / fps, 1)
-    ckpts = sorted((work / "train").glob("iter_*.pth")) + sorted((work / "train").glob("epoch_*.pth"))
-    if ckpts:
-        measured["model_size_MB"] = round(ckpts[-1].stat().st_size / 2**20, 1)
+    last = trained["checkpoint"] if trained else _resume_checkpoint(work / "train")
+    if last:
+        measured["model_size_MB"] = round(Path(last).stat().st_size / 2**20, 1)
         notes["model_size_MB"] = "size of the last checkpoint file (weights + optimizer state), MiB"
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not trained:  # peak memory of this process's training
         measured["train_mem_GB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     phases["measure"] = time.perf_counter() - t
     input_size = spec.input_size
@@ -391,11 +428,16 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     measurement = Measurement(
         scale=spec.scale, dataset=spec.dataset if spec.dataset != "synth" else f"synth ({Path(spec.dataset_root).name})",
         dataset_root=spec.dataset_root, eval_split=spec.eval_split, train_images=n_train, eval_images=n_eval,
-        iterations=runner.iter, epochs=None if spec.scale == "smoke" else runner.epoch, batch_size=spec.batch_size,
+        iterations=trained["iterations"] if trained else runner.iter,
+        epochs=None if spec.scale == "smoke" else (trained["epochs"] if trained else runner.epoch),
+        batch_size=spec.batch_size,
         gpus=spec.gpus, lr=spec.lr, lr_scaled_from=spec.lr_scaled_from, input_size=input_size,
         pretrained=bool(spec.scale_cfg["pretrained"]), seed=int(spec.scale_cfg["seed"]),
         device=device_description(), speed_protocol=proto, flops_note=flops_note)
     m = measurement.model_dump(mode="json")
     m["resumed_from"] = resumed_from
+    if trained:
+        m["trained_by"] = (f"run {trained['run_key']} ({trained['checkpoint']}): the same training, "
+                           "this row differs only at test time")
     m["phases_s"] = {k: round(v, 2) for k, v in phases.items()}
     return measured, notes, m

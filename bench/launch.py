@@ -253,6 +253,8 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                     queue.pop(0)
                     outcomes.append(Outcome(spec, False, "cancelled before it started (bench cancel)"))
                     continue
+                if spec.train_key and any(a[0].train_key == spec.train_key for a in active):
+                    break  # differs from a running job only at test time: waits to evaluate its training
                 got = slots.take(spec.gpus)
                 if got is None:
                     break  # waits (in order) until a running job gives its GPUs back

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -274,6 +275,32 @@ class RunSpec:
     config_hash: str
     input_size: Optional[list[int]] = None
     data_spec: Optional[dict] = None   # the synthetic set's spec (smoke), so any job process can make it
+    train_key: str = ""                # runs with the same train_key differ only at test time: one trains
+    reuse_training_after: Optional[float] = None  # evaluate a finished training (trained_pointer) newer than
+                                                  # this time (epoch s; 0: any) instead of training; None: train
+
+
+# Parts of an mmdet config that only inference reads. Two rows that differ only there (sbr-cnn Table 4's
+# evaluation loops, amf-sparseinst Table 10's test sizes) share one training. model.test_cfg.rpn stays
+# in: a two-stage detector falls back on it for training proposals when train_cfg has no rpn_proposal.
+_TEST_ONLY_KEYS = ("test_dataloader", "test_evaluator", "test_cfg", "val_dataloader", "val_evaluator", "val_cfg",
+                   "test_pipeline", "tta_model", "tta_pipeline")
+
+
+def training_view(cfg: dict) -> dict:
+    """The config minus what only inference reads: what a training's identity depends on."""
+    view = {k: v for k, v in cfg.items() if k not in _TEST_ONLY_KEYS}
+    model = dict(view.get("model") or {})
+    test_cfg = model.pop("test_cfg", None)
+    if isinstance(test_cfg, dict) and "rpn" in test_cfg:
+        model["test_cfg"] = {"rpn": test_cfg["rpn"]}
+    view["model"] = model
+    return view
+
+
+def trained_pointer(work_dir: str | Path, train_key: str) -> Path:
+    """``results/<scale>/trained/<train_key>.json``: the finished training a test-only variant evaluates."""
+    return Path(work_dir).parent.parent / "trained" / f"{train_key}.json"
 
 
 def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | None,
@@ -410,6 +437,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
     if scale.name == "smoke" and data_root is None:
         data_root = _synth_root(scale)
     versions = code_version()
+    planned_at = time.time()
     planned: list[PlannedRow] = []
     runs: dict[str, RunSpec] = {}
     reuse: list[tuple[dict, Path]] = []
@@ -434,6 +462,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             scale_key = {k: v for k, v in scale.as_dict().items() if k != "description"}
             code = versions | {"bench_models": model_code_fingerprint(cfg)}
             key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key, "code": code})
+            train_key = canonical_hash({"config": canonical_hash(training_view(cfg)), "scale": scale_key,
+                                        "data": data_key, "code": code})
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
@@ -466,7 +496,22 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 work_dir=str(run_dir(results_root, scale.name, key)), batch_size=facts["batch"],
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
                 versions=code, config_hash=config_hash, input_size=scale.input_size,
-                data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None))
+                data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None),
+                train_key=train_key)
+            trained = trained_pointer(runs[key].work_dir, train_key)
+            first = next((r for r in runs.values() if r.train_key == train_key and r.run_key != key), None)
+            if first is not None:  # the first run of the group trains (again, with --force); this one waits for it
+                runs[key].reuse_training_after = planned_at if force else 0.0
+            elif not force:
+                runs[key].reuse_training_after = 0.0
+            if not force and trained.exists():
+                pr.reason = "evaluates a finished training of the same model (differs only at test time)"
+            elif first is not None:
+                pr.reason = ("trains nothing: evaluates the training of " + ", ".join(
+                    f"{t['table']}/{t['row']}" for t in first.targets) + " (differs only at test time)")
+            if first is not None or (not force and trained.exists()):
+                pr.est_minutes = 0.0 if pr.est_minutes is not None else None  # evaluation only
+                pr.est_gpu_hours = 0.0 if pr.est_gpu_hours is not None else None
     for pr in planned:
         if pr.run_key in runs:
             pr.shared_with = [f"{t['table']}/{t['row']}" for t in runs[pr.run_key].targets

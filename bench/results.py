@@ -50,6 +50,8 @@ class Measurement(BaseModel):
     speed_protocol: Optional[str] = None
     flops_note: Optional[str] = None
     resumed_from: Optional[str] = Field(None, description="checkpoint the training resumed from, if it was interrupted")
+    trained_by: Optional[str] = Field(None, description="the finished run whose weights were evaluated, when this "
+                                      "row differs from it only at test time (nothing trained)")
     phases_s: dict[str, float] = Field({}, description="wall seconds of the job's phases: setup (imports, data, "
                                        "Runner), train, test (COCO evaluation), measure (params, FLOPs, speed)")
 

@@ -61,6 +61,27 @@ def test_table_through_slurm(slurm_cluster, tmp_path):
     assert "nothing to run" in p.stdout
 
 
+def test_test_time_variant_waits_for_the_training_it_evaluates(slurm_cluster, tmp_path):
+    env = bench_env(tmp_path / "results", tmp_path / "data") | slurm_cluster.env
+    p = _bench(env, "run", "pipeline-test/table-3", "--scale", str(TINY_SCALE), "--cluster", "slurm",
+               "--profile", str(PROFILE))
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("job array")]
+    assert len(lines) == 2 and "after" in lines[1], p.stdout  # the second array depends on the first
+    first = lines[0].split()[2].rstrip(":")
+    assert f"after {first}_0" in lines[1]
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        st = _status(env, "pipeline-test/table-3")
+        if all(st[r]["run_status"] in ("done", "failed") for r in ("thr-low", "thr-high")):
+            break
+        time.sleep(2)
+    table = tmp_path / "results" / "smoke" / "pipeline-test" / "table-3"
+    low, high = read_result(table / "thr-low.json"), read_result(table / "thr-high.json")
+    assert low.status == high.status == "done"
+    assert high.measurement.trained_by.startswith(f"run {low.run_key} ") and high.measurement.phases_s["train"] == 0
+
+
 def test_cancel_a_queued_row(slurm_cluster, tmp_path):
     env = bench_env(tmp_path / "results", tmp_path / "data") | slurm_cluster.env
     p = _bench(env, "run", "pipeline-test/table-1", "tiny", "--scale", str(RESUME_SCALE), "--cluster", "slurm",

@@ -129,3 +129,22 @@ def test_local_run_needing_gpus_the_machine_lacks_is_refused_before_anything_sta
     assert "pipeline-test/table-1/tiny: the run needs 2 GPU(s) and this machine shows 0 GPU(s)" in p.stderr
     assert "--cluster slurm" in p.stderr
     assert not list((tmp_path / "r").rglob("*.json"))  # no pending record, no result, no work dir
+
+
+def test_rows_differing_only_at_test_time_share_one_training(tmp_path):
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-3", "--scale", str(TINY_SCALE))
+    assert p.returncode == 0, p.stdout + p.stderr
+    table = tmp_path / "r" / "smoke" / "pipeline-test" / "table-3"
+    low, high = read_result(table / "thr-low.json"), read_result(table / "thr-high.json")
+    assert low.status == high.status == "done" and low.run_key != high.run_key
+    assert low.measurement.trained_by is None and low.measurement.phases_s["train"] > 0
+    assert high.measurement.trained_by.startswith(f"run {low.run_key} ") and high.measurement.phases_s["train"] == 0
+    assert high.measurement.iterations == low.measurement.iterations == 6
+    assert high.config["model"]["test_cfg"]["rcnn"]["mask_thr_binary"] == 0.7
+    runs = tmp_path / "r" / "smoke" / "runs"
+    assert [d.name for d in runs.iterdir() if list(d.glob("train/iter_*.pth"))] == [low.run_key]
+    assert high.measured["mask_AP"] is not None and high.measured["params_M"] == low.measured["params_M"]
+    # a later plan says so, and --force trains the first row again while the second still only evaluates
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-3", "--scale", str(TINY_SCALE), "--force",
+               "--dry-run")
+    assert "trains nothing: evaluates the training of pipeline-test/table-3/thr-low" in p.stdout
