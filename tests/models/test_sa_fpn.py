@@ -358,3 +358,20 @@ def test_parameter_increments_match_layer_arithmetic():
     assert p[('table-4', 'ej-head')] - MASK_RCNN_R50 == enriched + 2 * CONV3
     assert p[('table-2', 'ours-r50')] - p[('table-4', 'ej-head')] == \
         FPN_R50 + 3 * CONV3 + 4 * CONV1_512
+
+
+def test_interleaving_batch_without_objects():
+    """Interleaving on a batch with no ground truth: no mask positives, a zero mask loss that
+    still backpropagates (ResNet-18 backbone to keep it cheap; the head is the recipe's)."""
+    cfg = row_model_cfg('table-4', 'interleaving', num_classes=3, few_rois=True)
+    cfg.backbone.depth = 18
+    cfg.neck.in_channels = [64, 128, 256, 512]
+    model = MODELS.build(cfg)
+    model.init_weights()
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    data = dict(inputs=[torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)] * 2,
+                data_samples=[make_sample((64, 64), [], []), make_sample((64, 64), [], [])])
+    losses = model(**model.data_preprocessor(data, True), mode='loss')
+    assert float(losses['loss_mask']) == 0.0 and float(losses['loss_cls']) > 0
+    sum(v for k, v in losses.items() if 'loss' in k and torch.is_tensor(v)).backward()
