@@ -389,6 +389,46 @@ class ISDA(DeformableDETR):
         assert len(self.encoder_levels) == self.num_feature_levels
         assert not self.as_two_stage and not self.with_box_refine
 
+    def init_weights(self) -> None:
+        """Sec. 4: 'the deformable Transformer and the classification branch in ISDA are pretrained on MS COCO'.
+        A model-level ``init_cfg=dict(type='Pretrained', checkpoint=...)`` naming a Deformable DETR checkpoint
+        (mmdet's R-50, 4 levels from C3..C5 + P6) is loaded here, after the ordinary init, with the neck's
+        1x1 laterals moved one level up (DETR's ``convs.i`` on C(i+3) -> ISDA's ``convs.i+1``; ISDA's C2 lateral
+        keeps its init) and every tensor whose shape differs (e.g. another class count) skipped."""
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            super().init_weights()
+            return
+        self.init_cfg = None
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = cfg
+        self.load_detr_checkpoint(cfg['checkpoint'])
+
+    def load_detr_checkpoint(self, checkpoint: str) -> dict:
+        """Load a Deformable DETR checkpoint (see ``init_weights``); returns {'loaded': [...], 'skipped': [...]}."""
+        from mmengine.logging import MMLogger
+        from mmengine.runner.checkpoint import CheckpointLoader
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        src = ckpt.get('state_dict', ckpt)
+        n_lat = len(self.neck.convs) if hasattr(self.neck, 'convs') else 0
+        own = self.state_dict()
+        new, skipped = {}, []
+        for k, v in src.items():
+            key = k
+            if k.startswith('neck.convs.'):
+                i = int(k.split('.')[2])
+                key = f'neck.convs.{i + n_lat - 3}.' + k.split('.', 3)[3] if n_lat > 3 else k
+            if key in own and own[key].shape == v.shape:
+                new[key] = v
+            else:
+                skipped.append(k)
+        self.load_state_dict(new, strict=False)
+        MMLogger.get_current_instance().info(
+            f'ISDA: loaded {len(new)} tensors from {checkpoint}; skipped {len(skipped)}: {skipped[:8]}')
+        return dict(loaded=sorted(new), skipped=skipped)
+
     def forward_transformer(self, img_feats: Tuple[Tensor], batch_data_samples: OptSampleList = None) -> Dict:
         enc_feats = tuple(img_feats[i] for i in self.encoder_levels)
         head_inputs = super().forward_transformer(enc_feats, batch_data_samples)

@@ -43,6 +43,8 @@ def row_model_cfg(table: str, row_id: str) -> ConfigDict:
     row = next(r for r in tab.rows if r.id == row_id)
     cfg = row_config(row.model).to_dict()['model']
     cfg['backbone']['init_cfg'] = None
+    assert cfg['init_cfg']['type'] == 'Pretrained'  # the COCO Deformable DETR start (Sec. 4); no download here
+    cfg['init_cfg'] = None
     return ConfigDict(cfg)
 
 
@@ -244,3 +246,34 @@ def test_low_resolution_baseline_row_predicts():
         results = model(**data, mode='predict')
     assert masks.shape[-2:] == (8, 8)
     _check_predictions(results, 10)
+
+
+def test_coco_pretrained_deformable_detr_initialisation(tmp_path):
+    """Sec. 4: transformer + classification branch from a Deformable DETR checkpoint (model-level Pretrained
+    init_cfg): encoder, decoder, queries and classifier are copied, DETR's C3..C5 laterals land on ISDA's
+    P3..P5 laterals, and the mask-specific parts keep their own init."""
+    from mmengine.config import Config
+    import mmdet
+    detr_cfg = Config.fromfile(str(Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr' /
+                                   'deformable-detr_r50_16xb2-50e_coco.py')).model
+    detr_cfg.backbone.init_cfg = None
+    detr_cfg.num_queries = 12
+    detr_cfg.bbox_head.num_classes = 3
+    detr_cfg.encoder.num_layers = 1
+    detr_cfg.decoder.num_layers = 1
+    detr = MODELS.build(detr_cfg)
+    ckpt = tmp_path / 'detr.pth'
+    torch.save({'state_dict': detr.state_dict()}, ckpt)
+
+    cfg = small_cfg('table-1', 'res-1-4', layers=1)
+    cfg.init_cfg = dict(type='Pretrained', checkpoint=str(ckpt))
+    model = MODELS.build(cfg)
+    model.init_weights()
+    assert torch.equal(model.encoder.layers[0].self_attn.sampling_offsets.weight,
+                       detr.encoder.layers[0].self_attn.sampling_offsets.weight)
+    assert torch.equal(model.query_embedding.weight, detr.query_embedding.weight)
+    assert torch.equal(model.bbox_head.cls_branches[0].weight, detr.bbox_head.cls_branches[0].weight)
+    assert torch.equal(model.neck.convs[1].conv.weight, detr.neck.convs[0].conv.weight)     # C3 lateral
+    assert torch.equal(model.neck.extra_convs[0].conv.weight, detr.neck.extra_convs[0].conv.weight)  # P6
+    assert torch.equal(model.backbone.conv1.weight, detr.backbone.conv1.weight)
+    assert model.neck.convs[0].conv.weight.shape[1] == 256  # C2 lateral: ISDA's own
