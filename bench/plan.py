@@ -119,11 +119,28 @@ def _strip_pretrained(model: dict) -> None:
     _walk(model, fix)
 
 
+def _has_resize(node: Any) -> bool:
+    found = []
+    _walk(node, lambda d: found.append(d) if d.get("type") in _RESIZES else None)
+    return bool(found)
+
+
 def _resize_pipeline(pipeline: list, size_hw: list[int]) -> None:
+    """Every resize becomes one fixed-size Resize, nested ones included: a RandomChoice between resize
+    branches (DETR-style multi-scale + crop augmentation) becomes that single Resize too."""
     h, w = size_hw
     for i, t in enumerate(pipeline):
-        if isinstance(t, dict) and t.get("type") in _RESIZES:
+        if not isinstance(t, dict):
+            continue
+        if t.get("type") in _RESIZES or (t.get("type") == "RandomChoice" and _has_resize(t.get("transforms"))):
             pipeline[i] = {"type": "Resize", "scale": (w, h), "keep_ratio": True}
+        else:
+            for key in ("transforms",):  # RandomApply, Compose, TestTimeAug-style wrappers
+                inner = t.get(key)
+                if isinstance(inner, list):
+                    for sub in ([inner] if not inner or isinstance(inner[0], dict) else inner):
+                        if isinstance(sub, list):
+                            _resize_pipeline(sub, size_hw)
 
 
 def _apply_train_spec(cfg: dict, row: Row) -> None:

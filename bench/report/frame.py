@@ -130,6 +130,7 @@ class Provenance:
     wall_s: Optional[float]
     speed_protocol: Optional[str]
     resumed_from: Optional[str]      # checkpoint an interrupted training resumed from
+    trained_by: Optional[str] = None  # the run whose training this row evaluated (differs only at test time)
 
 
 @dataclass
@@ -294,7 +295,8 @@ def provenance(results: Sequence[Result]) -> Optional[Provenance]:
                       pretrained=m.pretrained, seeds=[r.measurement.seed if r.measurement else None for r in results],
                       finished_at=res.finished_at, git_commit=res.git_commit, config_hash=res.config_hash,
                       work_dir=res.work_dir, log_path=latest_log(res.work_dir), wall_s=res.wall_s,
-                      speed_protocol=m.speed_protocol, resumed_from=getattr(m, "resumed_from", None))
+                      speed_protocol=m.speed_protocol, resumed_from=getattr(m, "resumed_from", None),
+                      trained_by=getattr(m, "trained_by", None))
 
 
 def status_detail(state: RowState) -> str:

@@ -148,3 +148,8 @@ def test_rows_differing_only_at_test_time_share_one_training(tmp_path):
     p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-3", "--scale", str(TINY_SCALE), "--force",
                "--dry-run")
     assert "trains nothing: evaluates the training of pipeline-test/table-3/thr-low" in p.stdout
+    # the report's provenance says which row evaluated a shared training
+    p = _bench(tmp_path / "r", tmp_path / "d", "report", "pipeline-test/table-3", "--html", "--out", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    html = next((tmp_path / "rep").rglob("table-3*.html")).read_text()
+    assert html.count(">shared training<") == 1 and low.run_key in html
