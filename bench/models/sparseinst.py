@@ -39,6 +39,8 @@ from mmdet.structures import SampleList
 from mmdet.structures.mask import mask2bbox
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig, reduce_mean
 
+from bench.models.kernel_head import coord_features  # (x, y) in [-1, 1], CoordConv (SparseInst Sec. 3.3)
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def c2_xavier_fill(module: nn.Module) -> None:
@@ -53,15 +55,6 @@ def c2_msra_fill(module: nn.Module) -> None:
     nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
-
-
-def coordinate_features(x: Tensor) -> Tensor:
-    """Two channels (x, y) of normalised coordinates in [-1, 1] (SparseInst Sec. 3.3, CoordConv)."""
-    b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-    yy, xx = torch.meshgrid(ys, xs, indexing='ij')
-    return torch.stack([xx, yy])[None].expand(b, -1, -1, -1)
 
 
 def conv3x3_relu_stack(num_convs: int, in_channels: int, channels: int) -> nn.Sequential:
@@ -223,7 +216,7 @@ class GroupIAMDecoder(nn.Module):
         self.mask_branch = MaskBranch(in_channels, mask_dim, mask_conv, kernel_dim)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
-        x = torch.cat([coordinate_features(features), features], dim=1)
+        x = torch.cat([coord_features(features), features], dim=1)
         logits, kernels, scores, iam = self.inst_branch(x)
         mask_feats = self.mask_branch(x)
         b, d, h, w = mask_feats.shape
