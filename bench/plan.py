@@ -134,13 +134,11 @@ def _resize_pipeline(pipeline: list, size_hw: list[int]) -> None:
             continue
         if t.get("type") in _RESIZES or (t.get("type") == "RandomChoice" and _has_resize(t.get("transforms"))):
             pipeline[i] = {"type": "Resize", "scale": (w, h), "keep_ratio": True}
-        else:
-            for key in ("transforms",):  # RandomApply, Compose, TestTimeAug-style wrappers
-                inner = t.get(key)
-                if isinstance(inner, list):
-                    for sub in ([inner] if not inner or isinstance(inner[0], dict) else inner):
-                        if isinstance(sub, list):
-                            _resize_pipeline(sub, size_hw)
+        elif isinstance(t.get("transforms"), list):  # RandomApply, Compose, RandomChoice-style wrappers
+            inner = t["transforms"]
+            for sub in ([inner] if not inner or isinstance(inner[0], dict) else inner):
+                if isinstance(sub, list):
+                    _resize_pipeline(sub, size_hw)
 
 
 def _apply_train_spec(cfg: dict, row: Row) -> None:
