@@ -250,12 +250,14 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     try:
         base["versions"] = _versions()
         measured, notes, measurement = _train_and_measure(spec, work, resume)
-    except SystemExit:
-        # submitit's preemption/time-out handler checkpointed and requeued this job, then exits:
-        # not a failure; the requeued job resumes from the last mmengine checkpoint
-        write_state(work, state="requeued", reason="preempted or timed out: requeued, resumes from its last checkpoint")
-        raise
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then re-raised
+        exit_ = requeue_exit(e)
+        if exit_ is not None:
+            # submitit's preemption/time-out handler checkpointed and requeued this job, then exits:
+            # not a failure; the requeued job resumes from the last mmengine checkpoint
+            write_state(work, state="requeued",
+                        reason="preempted or timed out: requeued, resumes from its last checkpoint")
+            raise exit_ from None
         reason = _failure_reason(e)
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"  # Ctrl-C / job.cancel()
         base.update(status=status, failure=reason, log_tail=log_tail(work), finished_at=_now(),
@@ -314,6 +316,22 @@ def _resume_checkpoint(train_dir: Path) -> Optional[str]:
     for p in sorted([*train_dir.glob("iter_*.pth"), *train_dir.glob("epoch_*.pth")], key=number, reverse=True):
         if zipfile.is_zipfile(p):  # torch.save's zip format: a truncated file has no central directory
             return str(p)
+    return None
+
+
+def requeue_exit(e: BaseException) -> Optional[SystemExit]:
+    """The SystemExit of submitit's requeue handler if ``e`` is it or wraps it, else None.
+
+    The handler runs inside whatever the job was doing when SIGUSR2/SIGTERM arrived; a library's bare
+    ``except:`` can turn its SystemExit into another error. mmengine's ``Config.pretty_text`` does:
+    a signal landing while a checkpoint is saved surfaces as "SyntaxError: Failed to format the
+    config file" (seen in CI), with the SystemExit as its ``__context__``."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, SystemExit):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
     return None
 
 

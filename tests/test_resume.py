@@ -51,3 +51,42 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     second = logs[-1].read_text()
     assert f"resumed from" in second.lower() or "resume" in second.lower()
     assert "Iter(train) [ 4/24]" not in second  # did not start from zero
+
+
+def test_preemption_signal_inside_a_bare_except_is_still_a_requeue():
+    """submitit's requeue handler raises SystemExit wherever the job is when SIGUSR2 lands. If that is
+    inside mmengine's Config.pretty_text (called on every checkpoint save), its bare ``except:`` turns
+    the exit into "SyntaxError: Failed to format the config file" - which CI once recorded as the
+    run's failure. The job must still see the requeue. The signal here is real and lands inside
+    yapf's FormatCode, as it did in CI."""
+    import sys
+
+    from mmengine.config import Config
+
+    from bench.job import requeue_exit
+
+    def handler(signum, frame):
+        sys.exit(-1)  # what submitit's checkpoint_and_try_requeue ends with, after requeueing
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "FormatCode":
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGUSR2)
+        return None
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    cfg = Config(dict(model=dict(type="MaskRCNN", backbone=dict(depth=50)), train_cfg=dict(max_iters=24)))
+    try:
+        sys.setprofile(tracer)
+        try:
+            cfg.pretty_text
+        except BaseException as e:  # noqa: BLE001
+            err = e
+        else:
+            raise AssertionError("the signal did not interrupt pretty_text")
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR2, old)
+    assert isinstance(err, SyntaxError)  # mmengine's wrapping, as in the CI failure
+    assert isinstance(requeue_exit(err), SystemExit)
+    assert requeue_exit(RuntimeError("a real failure")) is None
