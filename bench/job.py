@@ -408,9 +408,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     t = time.perf_counter()
     measured = coco_metrics(metrics)
     notes: dict[str, str] = {}
-    if not any(k.startswith("mask_") for k in measured):
-        # mmdet's CocoMetric skips COCOeval when the model detects nothing: that is an AP of 0
-        for prefix in ("mask", "box"):
+    ev = cfg.get("test_evaluator") or {}
+    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict)
+             for m in ([e.get("metric")] if isinstance(e.get("metric"), str) else e.get("metric") or [])}
+    for prefix in [p for m, p in (("segm", "mask"), ("bbox", "box")) if m in asked]:
+        if not any(k.startswith(prefix + "_") for k in measured):
+            # mmdet's CocoMetric skips COCOeval when the model detects nothing: that is an AP of 0
             for k in ("AP", "AP50", "AP75"):
                 measured[f"{prefix}_{k}"] = 0.0
                 notes[f"{prefix}_{k}"] = "no detections on the evaluation split: AP is 0 (COCOeval was not run)"

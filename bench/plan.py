@@ -169,8 +169,21 @@ def _apply_train_spec(cfg: dict, row: Row) -> None:
     cfg["auto_scale_lr"] = {"enable": False, "base_batch_size": tr.batch_size or 16}
 
 
+def eval_metrics(configured: Any, columns: list[str]) -> list[str]:
+    """What the COCO evaluator computes: the config's own metrics (its model predicts those), plus
+    ``segm`` where the paper's table reports mask columns. Never ``segm`` for a box-only model whose
+    table has no mask column (mmdet's CocoMetric raises "segm is not in results" once such a model
+    detects anything), never ``bbox`` added to a mask model that predicts no boxes (SOLO's boxes are
+    zeros: its box AP would be a meaningless 0)."""
+    have = [configured] if isinstance(configured, str) else list(configured or [])
+    want = [m for m in ("bbox", "segm") if m in have]
+    if "segm" not in want and any(k.startswith("mask_") for k in columns):
+        want.append("segm")
+    return want or ["bbox", "segm"]
+
+
 def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: int, workers: int,
-                   flatten_wrappers: bool) -> list[str]:
+                   flatten_wrappers: bool, columns: list[str]) -> list[str]:
     layout = LAYOUTS[dataset]
     root_s = str(root).rstrip("/") + "/"
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -197,7 +210,7 @@ def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: 
         for e in evs:
             if isinstance(e, dict):
                 e["ann_file"] = root_s + layout.val_ann[eval_split]
-                e["metric"] = ["bbox", "segm"]
+                e["metric"] = eval_metrics(e.get("metric"), columns)
                 e.pop("format_only", None)
                 e.pop("outfile_prefix", None)
     classes = list(layout.classes) if layout.classes else None
@@ -339,7 +352,9 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | Non
     per_gpu = max(1, batch // max(1, n_gpus))
     if not scale.pretrained:
         _strip_pretrained(cfg["model"])
-    _apply_dataset(cfg, dataset, root, split, per_gpu, scale.workers, flatten_wrappers=scale.name == "smoke")
+    columns = [c.key for c in table.columns] + list(row.published)
+    _apply_dataset(cfg, dataset, root, split, per_gpu, scale.workers, flatten_wrappers=scale.name == "smoke",
+                   columns=columns)
     overlay = {"scale": scale.name}
     if scale.name == "smoke":
         overlay.update(_smoke_overlay(cfg, row, scale))

@@ -32,3 +32,24 @@ def test_resizes_inside_other_wrappers_are_rewritten_in_place():
     assert pipe[0]["transforms"][0] == {"type": "Resize", "scale": (128, 128), "keep_ratio": True}
     assert pipe[0]["transforms"][1] == {"type": "PhotoMetricDistortion"}
     assert pipe[1]["type"] == "RandomChoice"  # no resize inside: untouched
+
+
+def test_evaluator_metrics_follow_what_the_model_predicts(tmp_path):
+    """The COCO evaluator is asked for what a row's model predicts and its table reports."""
+    from bench.plan import Scale, build_run_config
+    from bench.recipes import Catalogue
+
+    cat, scale = Catalogue(), Scale.load("smoke")
+
+    def metric(table: str, row: str):
+        t = cat.load(table)
+        cfg, _, _ = build_run_config(t, next(r for r in t.rows if r.id == row), scale, tmp_path)
+        return cfg["test_evaluator"]["metric"]
+
+    assert metric("sbr-cnn/table-8", "baseline") == ["bbox"]            # Faster R-CNN: boxes only
+    assert metric("sbr-cnn/table-2", "mask-1x") == ["bbox", "segm"]     # Mask R-CNN: both
+    assert metric("isda/table-1", next(r.id for r in cat.load("isda/table-1").rows)) == ["bbox", "segm"]
+    # SOLO's boxes are zeros: a box AP of it would be a meaningless 0, so only masks are evaluated
+    solo = next(r.id for r in cat.load("amf-sparseinst/table-10").rows
+                if r.model and r.model.config and "solo" in r.model.config.lower())
+    assert metric("amf-sparseinst/table-10", solo) == ["segm"]

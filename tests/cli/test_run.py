@@ -153,3 +153,14 @@ def test_rows_differing_only_at_test_time_share_one_training(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     html = next((tmp_path / "rep").rglob("table-3*.html")).read_text()
     assert html.count(">shared training<") == 1 and low.run_key in html
+
+
+def test_box_only_detector_is_evaluated_on_boxes_alone(tmp_path):
+    # A Faster R-CNN detects boxes from its first iterations; evaluating it with mmdet's "segm" metric
+    # too raises "segm is not in results", which would have failed every box-only row (sbr-cnn Tables 8-10)
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-4", "--scale", str(TINY_SCALE))
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = read_result(tmp_path / "r" / "smoke" / "pipeline-test" / "table-4" / "tiny-boxes.json")
+    assert res.status == "done", res.failure
+    assert res.config["test_evaluator"]["metric"] == ["bbox"]
+    assert res.measured["box_AP"] is not None and not any(k.startswith("mask_") for k in res.measured)
