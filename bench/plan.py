@@ -169,21 +169,22 @@ def _apply_train_spec(cfg: dict, row: Row) -> None:
     cfg["auto_scale_lr"] = {"enable": False, "base_batch_size": tr.batch_size or 16}
 
 
-def eval_metrics(configured: Any, columns: list[str]) -> list[str]:
+def eval_metrics(configured: Any, reported: list[str]) -> list[str]:
     """What the COCO evaluator computes: the config's own metrics (its model predicts those), plus
-    ``segm`` where the paper's table reports mask columns. Never ``segm`` for a box-only model whose
-    table has no mask column (mmdet's CocoMetric raises "segm is not in results" once such a model
-    detects anything), never ``bbox`` added to a mask model that predicts no boxes (SOLO's boxes are
-    zeros: its box AP would be a meaningless 0)."""
+    ``segm`` where the paper reports a mask number for the row (``reported``: its published keys with
+    a value). Never ``segm`` for a box-only model (mmdet's CocoMetric raises "segm is not in results"
+    once such a model detects anything; sa-fpn Table 1's Faster R-CNN sits in a table of mask columns
+    with its mask cells printed '-'), never ``bbox`` added to a mask model that predicts no boxes
+    (SOLO's boxes are zeros: its box AP would be a meaningless 0)."""
     have = [configured] if isinstance(configured, str) else list(configured or [])
     want = [m for m in ("bbox", "segm") if m in have]
-    if "segm" not in want and any(k.startswith("mask_") for k in columns):
+    if "segm" not in want and any(k.startswith("mask_") for k in reported):
         want.append("segm")
     return want or ["bbox", "segm"]
 
 
 def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: int, workers: int,
-                   flatten_wrappers: bool, columns: list[str]) -> list[str]:
+                   flatten_wrappers: bool, reported: list[str]) -> list[str]:
     layout = LAYOUTS[dataset]
     root_s = str(root).rstrip("/") + "/"
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -210,7 +211,7 @@ def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: 
         for e in evs:
             if isinstance(e, dict):
                 e["ann_file"] = root_s + layout.val_ann[eval_split]
-                e["metric"] = eval_metrics(e.get("metric"), columns)
+                e["metric"] = eval_metrics(e.get("metric"), reported)
                 e.pop("format_only", None)
                 e.pop("outfile_prefix", None)
     classes = list(layout.classes) if layout.classes else None
@@ -352,9 +353,9 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | Non
     per_gpu = max(1, batch // max(1, n_gpus))
     if not scale.pretrained:
         _strip_pretrained(cfg["model"])
-    columns = [c.key for c in table.columns] + list(row.published)
+    reported = [k for k, v in row.published.items() if v is not None]
     _apply_dataset(cfg, dataset, root, split, per_gpu, scale.workers, flatten_wrappers=scale.name == "smoke",
-                   columns=columns)
+                   reported=reported)
     overlay = {"scale": scale.name}
     if scale.name == "smoke":
         overlay.update(_smoke_overlay(cfg, row, scale))

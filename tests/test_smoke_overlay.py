@@ -53,3 +53,5 @@ def test_evaluator_metrics_follow_what_the_model_predicts(tmp_path):
     solo = next(r.id for r in cat.load("amf-sparseinst/table-10").rows
                 if r.model and r.model.config and "solo" in r.model.config.lower())
     assert metric("amf-sparseinst/table-10", solo) == ["segm"]
+    # a box-only row in a table of mask columns, its mask cells printed '-'
+    assert metric("sa-fpn/table-1", "faster-rcnn-roialign") == ["bbox"]
