@@ -127,13 +127,16 @@ def _has_resize(node: Any) -> bool:
 
 def _resize_pipeline(pipeline: list, size_hw: list[int]) -> None:
     """Every resize becomes one fixed-size Resize, nested ones included: a RandomChoice between resize
-    branches (DETR-style multi-scale + crop augmentation) becomes that single Resize too."""
+    branches (DETR-style multi-scale + crop augmentation) becomes that single Resize too. A Resize
+    that ignores the aspect ratio keeps doing so: models built for one fixed input size (YOLACT's
+    550x550 after random crops) stack per-image priors and break on images of different sizes."""
     h, w = size_hw
     for i, t in enumerate(pipeline):
         if not isinstance(t, dict):
             continue
         if t.get("type") in _RESIZES or (t.get("type") == "RandomChoice" and _has_resize(t.get("transforms"))):
-            pipeline[i] = {"type": "Resize", "scale": (w, h), "keep_ratio": True}
+            keep = bool(t.get("keep_ratio", True)) if t.get("type") == "Resize" else True
+            pipeline[i] = {"type": "Resize", "scale": (w, h), "keep_ratio": keep}
         elif isinstance(t.get("transforms"), list):  # RandomApply, Compose, RandomChoice-style wrappers
             inner = t["transforms"]
             for sub in ([inner] if not inner or isinstance(inner[0], dict) else inner):

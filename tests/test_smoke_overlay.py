@@ -55,3 +55,11 @@ def test_evaluator_metrics_follow_what_the_model_predicts(tmp_path):
     assert metric("amf-sparseinst/table-10", solo) == ["segm"]
     # a box-only row in a table of mask columns, its mask cells printed '-'
     assert metric("sa-fpn/table-1", "faster-rcnn-roialign") == ["bbox"]
+
+
+def test_fixed_size_resize_stays_fixed_size():
+    # YOLACT: random crops, then Resize to 550x550 ignoring the ratio; keeping the ratio at smoke scale
+    # gave each image of a batch its own size and its loss failed ("stack expects each tensor to be equal size")
+    pipe = [{"type": "MinIoURandomCrop"}, {"type": "Resize", "scale": (550, 550), "keep_ratio": False}]
+    _resize_pipeline(pipe, [160, 160])
+    assert pipe[1] == {"type": "Resize", "scale": (160, 160), "keep_ratio": False}
