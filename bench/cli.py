@@ -271,9 +271,13 @@ def _select_rows(table, row_ids: tuple[str, ...]):
 def _print_plan(plan) -> None:
     from rich.table import Table as RTable
 
+    from bench.cost import calibration as plan_calibration
+    from bench.cost import source_kind
+
     con = _console()
     rt = RTable(title=f"plan at {plan.scale.name} scale: {plan.scale.description}")
-    for c in ("table", "#", "row", "status", "action", "run key", "note"):
+    smoke = plan.scale.name == "smoke"
+    for c in ("table", "#", "row", "status", "action", "run key", "est. min" if smoke else "est. GPU-h", "note"):
         rt.add_column(c)
     for pr in plan.rows:
         note = pr.reason
@@ -281,12 +285,25 @@ def _print_plan(plan) -> None:
             note = f"result exists: {pr.result}"
         elif pr.shared_with:
             note = "one training serves: " + ", ".join(pr.shared_with)
-        rt.add_row(pr.table, str(pr.row.position), pr.row.id, str(pr.status), pr.action, pr.run_key or "", note)
+        est = pr.est_minutes if smoke else pr.est_gpu_hours
+        est_s = f"{est:.1f}" if pr.action == "run" and est is not None else ""
+        if smoke and est_s and pr.est_source:
+            est_s += " " + source_kind(pr.est_source)
+        rt.add_row(pr.table, str(pr.row.position), pr.row.id, str(pr.status), pr.action, pr.run_key or "",
+                   est_s, note)
     con.print(rt)
     n_run = len(plan.runs)
-    if plan.scale.name == "smoke":
-        minutes = [pr.est_minutes for pr in plan.rows if pr.action == "run" and pr.est_minutes]
-        cost = f"about {sum(minutes):.0f} min on 2 CPU cores (measured per-iteration times; rough)"
+    if smoke:
+        from collections import Counter
+
+        ran = [pr for pr in plan.rows if pr.action == "run" and pr.est_minutes is not None]
+        kinds = Counter(source_kind(pr.est_source or "formula") for pr in ran)
+        cal = plan_calibration(plan.scale.name)
+        said = {"results": "from your finished runs of the same models",
+                "calibration": "from the calibration" + (f" on {cal['machine']}" if cal.get("machine") else ""),
+                "formula": "from a rough formula (models never calibrated)"}
+        cost = (f"about {sum(pr.est_minutes for pr in ran):.0f} min, one run at a time; rates of "
+                + ", ".join(f"{n} row(s) {said[k]}" for k, n in kinds.items()))
     else:
         hours = [pr.est_gpu_hours for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours]
         cost = f"about {sum(hours):.0f} V100 GPU-hours (mmdet model-zoo train times x the recipes' epochs)"
@@ -313,7 +330,8 @@ def _print_plan(plan) -> None:
               help="Train each row with N seeds (the scale's seed, +1, ...); seeds after the first write to "
                    "results/seeds/<k>/, and reports show mean and spread and use it as noise for claims.")
 @click.option("--force", is_flag=True, help="Rerun rows whose results already exist.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, cost) and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, the estimated cost of "
+              "each run and where the estimate comes from) and stop.")
 @click.pass_context
 def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, gpus, seeds, force, dry_run) -> None:
     """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from bench import __version__
+from bench.cost import CostModel
 from bench.data.datasets import LAYOUTS, check_root
 from bench.recipes import Row, Table
 from bench.resolve import canonical_hash, model_code_fingerprint, row_config, row_status
@@ -397,6 +398,7 @@ class PlannedRow:
     result: Optional[str] = None
     shared_with: list[str] = field(default_factory=list)
     est_minutes: Optional[float] = None
+    est_source: Optional[str] = None       # where est_minutes comes from (bench.cost)
     est_gpu_hours: Optional[float] = None
 
 
@@ -420,29 +422,6 @@ def _synth_root(scale: Scale) -> Path:
     from bench.data import synth
 
     return synth.default_dir(synth_spec(scale))
-
-
-#: measured here on 2 CPU cores for csr-d2s Table II rows (ResNet-50, batch 2): ~1.1 s per iteration at
-#: 256x256 and ~0.55 s at 160x160, i.e. a fixed part plus a part growing with the input area; plus ~30 s
-#: to evaluate, count FLOPs and time inference (benchmarks/smoke_table_ii.txt)
-SMOKE_S_PER_ITER_FIXED = 0.2
-SMOKE_S_PER_ITER_PER_PIXEL = 1.38e-5
-SMOKE_FIXED_S = 30.0
-
-
-#: RoI heads on the CPU (mmcv's RoIAlign backward, the box/mask heads): sbr-cnn Table 2's Mask R-CNN ran
-#: at ~3.7 s per iteration at 160x160, ~6x a single-stage model of the same backbone
-SMOKE_ROI_HEAD_FACTOR = 6.0
-
-
-def smoke_minutes(scale: "Scale", model_cfg: Optional[dict] = None) -> float:
-    """A rough CPU estimate of one smoke run: measured seconds per iteration of a ResNet-50 model,
-    times SMOKE_ROI_HEAD_FACTOR for two-stage models (a ``roi_head``)."""
-    h, w = scale.input_size or (256, 256)
-    per_iter = SMOKE_S_PER_ITER_FIXED + SMOKE_S_PER_ITER_PER_PIXEL * h * w
-    if model_cfg and model_cfg.get("roi_head"):
-        per_iter *= SMOKE_ROI_HEAD_FACTOR
-    return (scale.iterations * per_iter + SMOKE_FIXED_S) / 60
 
 
 def _gpu_hours(row: Row) -> Optional[float]:
@@ -472,6 +451,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
         data_root = _synth_root(scale)
     versions = code_version()
     planned_at = time.time()
+    costs = CostModel(results_root, scale.name)
     planned: list[PlannedRow] = []
     runs: dict[str, RunSpec] = {}
     reuse: list[tuple[dict, Path]] = []
@@ -501,7 +481,9 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
-            pr.est_minutes = smoke_minutes(scale, cfg.get("model")) if scale.name == "smoke" else None
+            if scale.name == "smoke":
+                pr.est_minutes, pr.est_source = costs.minutes(
+                    cfg.get("model"), scale.iterations or 0, (scale.synth or {}).get("val_images", 0), scale.input_size)
             pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
             target = {"table": table.name, "row": row.id, "label": row.label,
                       "published": dict(row.published), "path": str(path)}
@@ -544,7 +526,9 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 pr.reason = ("trains nothing: evaluates the training of " + ", ".join(
                     f"{t['table']}/{t['row']}" for t in first.targets) + " (differs only at test time)")
             if first is not None or (not force and trained.exists()):
-                pr.est_minutes = 0.0 if pr.est_minutes is not None else None  # evaluation only
+                if pr.est_minutes is not None:  # evaluation only
+                    rate = costs.rate(cfg.get("model"), scale.input_size)
+                    pr.est_minutes = rate.minutes(0, (scale.synth or {}).get("val_images", 0), scale.input_size)
                 pr.est_gpu_hours = 0.0 if pr.est_gpu_hours is not None else None
     for pr in planned:
         if pr.run_key in runs:

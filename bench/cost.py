@@ -1,0 +1,183 @@
+"""What a planned run will cost before it runs: minutes on this CPU at smoke scale.
+
+Models differ by 20x in CPU time per iteration (a ResNet-50 SparseInst against an HTC with three R^3 loops),
+so one formula for all rows mis-plans a table. The estimate of a run comes, in this order of preference, from
+
+1. **your results**: finished runs at the same scale whose model has the same *signature*; their recorded
+   ``phases_s`` and iterations;
+2. **the calibration** shipped in ``bench/scales/costs/<scale>.yaml``: each signature of the recipes
+   trained for a few iterations and tested on this project's CPU machine by ``benchmarks/smoke_costs.py``
+   (its recorded output beside it);
+3. **a formula** for a model neither knows: a ResNet-50 single-stage rate, x6 with an RoI head.
+
+A signature is looked up exactly first (``module_signature``: every component type of the model, so an
+AMF encoder with FEM differs from one without), then coarsely (``model_signature``: detector, head,
+backbone, neck), in 1 then 2. Numbers (channels, loop counts) are not in either: rows that differ only
+by them share an estimate.
+
+Each estimate says which source it used; ``bench run --dry-run`` shows it per row.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+COSTS_DIR = Path(__file__).parent / "scales" / "costs"
+
+#: the formula (source 3), measured here on 2 CPU cores for csr-d2s Table II rows (ResNet-50, batch 2):
+#: ~1.1 s per iteration at 256x256 and ~0.55 s at 160x160, i.e. a fixed part plus a part growing with the
+#: input area; plus ~30 s to evaluate, count FLOPs and time inference (benchmarks/smoke_table_ii.txt)
+FORMULA_S_PER_ITER_FIXED = 0.2
+FORMULA_S_PER_ITER_PER_PIXEL = 1.38e-5
+FORMULA_FIXED_S = 30.0
+#: RoI heads on the CPU (mmcv's RoIAlign backward, the box/mask heads): sbr-cnn Table 2's Mask R-CNN ran
+#: at ~3.7 s per iteration at 160x160, ~6x a single-stage model of the same backbone
+FORMULA_ROI_HEAD_FACTOR = 6.0
+
+
+def _type(node: Any) -> Optional[str]:
+    return node.get("type") if isinstance(node, dict) else None
+
+
+def model_signature(model: Optional[dict]) -> str:
+    """The parts of a model config that decide its cost: ``MaskRCNN/StandardRoIHead/ResNet-50/FPN``.
+    Rows that only change a loss weight, a channel count or a flag share a signature."""
+    if not isinstance(model, dict):
+        return "?"
+    bb = model.get("backbone") or {}
+    backbone = _type(bb) or "?"
+    if bb.get("depth"):
+        backbone += f"-{bb['depth']}"
+    neck = model.get("neck") or model.get("encoder")
+    if isinstance(neck, list):
+        neck_s = "+".join(_type(n) or "?" for n in neck)
+    else:
+        neck_s = _type(neck) or "-"
+    head = (_type(model.get("roi_head")) or _type(model.get("bbox_head")) or _type(model.get("decode_head"))
+            or _type(model.get("mask_head")) or "-")
+    return "/".join([_type(model) or "?", head, backbone, neck_s])
+
+
+def module_signature(model: Optional[dict]) -> str:
+    """``model_signature`` plus a short hash of every component type in the model (its train/test
+    settings and data preprocessor aside): ``SparseInst/-/ResNetV1d-50/AMFEncoder#3f9c1a``."""
+    from bench.resolve import canonical_hash, iter_types
+
+    if not isinstance(model, dict):
+        return "?"
+    parts = {k: v for k, v in model.items() if k not in ("train_cfg", "test_cfg", "data_preprocessor")}
+    return f"{model_signature(model)}#{canonical_hash(sorted(set(iter_types(parts))), 6)}"
+
+
+def _coarse(sig: str) -> str:
+    return sig.split("#", 1)[0]
+
+
+def source_kind(source: str) -> str:
+    """An estimate's source in one word: results | calibration | formula."""
+    return "results" if source.startswith("your results") else source.split(" ", 1)[0]
+
+
+@dataclass
+class Rate:
+    """Seconds a run of one signature takes: per training iteration, per test image, and fixed
+    (building the Runner, checkpoints, FLOPs and speed measurement)."""
+    s_per_iter: float
+    test_s_per_image: float
+    fixed_s: float
+    input_size: Optional[list[int]]   # the size these were measured at
+    source: str                       # e.g. "your results (same modules, n=3)", "calibration (...)", "formula (...)"
+
+    @property
+    def kind(self) -> str:
+        return source_kind(self.source)
+
+    def minutes(self, iterations: int, test_images: int, input_size: Optional[list[int]]) -> float:
+        area = 1.0
+        if input_size and self.input_size:
+            area = (input_size[0] * input_size[1]) / (self.input_size[0] * self.input_size[1])
+        return (iterations * self.s_per_iter * area + test_images * self.test_s_per_image * area
+                + self.fixed_s) / 60
+
+
+@lru_cache(maxsize=None)
+def calibration(scale_name: str) -> dict[str, Any]:
+    """``bench/scales/costs/<scale>.yaml``: {machine, measured_at, input_size, rates: {signature: {...}}}."""
+    path = COSTS_DIR / f"{scale_name}.yaml"
+    if not path.exists():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def results_rates(results_root: Path, scale_name: str) -> dict[str, list[dict]]:
+    """Per signature, the timings of runs that finished at this scale under ``results_root``: each
+    run's own ``runs/<key>/result.json`` (a run serving several rows counts once). Runs that resumed
+    or only evaluated another run's training say nothing about training time and are left out."""
+    out: dict[str, list[dict]] = {}
+    runs = Path(results_root) / scale_name / "runs"
+    for path in sorted(runs.glob("*/result.json")) if runs.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        m = rec.get("measurement") or {}
+        phases = m.get("phases_s") or {}
+        if (rec.get("status") != "done" or m.get("resumed_from") or m.get("trained_by")
+                or not m.get("iterations") or "train" not in phases):
+            continue
+        sig = module_signature((rec.get("config") or {}).get("model"))
+        out.setdefault(sig, []).append(dict(
+            s_per_iter=phases["train"] / m["iterations"],
+            test_s_per_image=phases.get("test", 0.0) / max(1, m.get("eval_images") or 1),
+            fixed_s=phases.get("setup", 0.0) + phases.get("measure", 0.0),
+            input_size=m.get("input_size")))
+    return out
+
+
+class CostModel:
+    """Estimates for one plan: reads the results folder once."""
+
+    def __init__(self, results_root: Path, scale_name: str):
+        self.scale_name = scale_name
+        self.measured = results_rates(results_root, scale_name)
+        self.cal = calibration(scale_name)
+
+    def _from_results(self, runs: list[dict], how: str) -> Rate:
+        med = {k: statistics.median(r[k] for r in runs) for k in ("s_per_iter", "test_s_per_image", "fixed_s")}
+        return Rate(**med, input_size=runs[-1]["input_size"], source=f"your results ({how}, n={len(runs)})")
+
+    def _from_calibration(self, entries: list[dict], how: str) -> Rate:
+        med = {k: statistics.median(e[k] for e in entries) for k in ("s_per_iter", "test_s_per_image", "fixed_s")}
+        return Rate(**med, input_size=self.cal.get("input_size"), source=f"calibration ({how})")
+
+    def rate(self, model: Optional[dict], input_size: Optional[list[int]]) -> Rate:
+        sig = module_signature(model)
+        cal = self.cal.get("rates") or {}
+        if self.measured.get(sig):
+            return self._from_results(self.measured[sig], "same modules")
+        if sig in cal:
+            return self._from_calibration([cal[sig]], "same modules")
+        coarse = _coarse(sig)
+        runs = [r for k, rs in self.measured.items() if _coarse(k) == coarse for r in rs]
+        if runs:
+            return self._from_results(runs, "same detector/head/backbone/neck")
+        entries = [e for k, e in cal.items() if _coarse(k) == coarse]
+        if entries:
+            return self._from_calibration(entries, "same detector/head/backbone/neck")
+        h, w = input_size or (256, 256)
+        per_iter = FORMULA_S_PER_ITER_FIXED + FORMULA_S_PER_ITER_PER_PIXEL * h * w
+        if isinstance(model, dict) and model.get("roi_head"):
+            per_iter *= FORMULA_ROI_HEAD_FACTOR
+        return Rate(s_per_iter=per_iter, test_s_per_image=0.0, fixed_s=FORMULA_FIXED_S, input_size=None,
+                    source="formula (model not calibrated)")
+
+    def minutes(self, model: Optional[dict], iterations: int, test_images: int,
+                input_size: Optional[list[int]]) -> tuple[float, str]:
+        r = self.rate(model, input_size)
+        return r.minutes(iterations, test_images, input_size), r.source
