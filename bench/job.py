@@ -43,20 +43,23 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description() -> str:
     import torch
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+    return f"cpu: {cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def log_tail(work_dir: Path, n: int = 20) -> list[str]:

@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -79,15 +78,9 @@ OUTSIDE_S = 4.0
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from bench.job import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def main() -> None:
