@@ -140,6 +140,11 @@ def results_rates(results_root: Path, scale_name: str) -> dict[str, list[dict]]:
     return out
 
 
+def _median(entries: list[dict], input_size: Optional[list[int]], source: str) -> Rate:
+    med = {k: statistics.median(e[k] for e in entries) for k in ("s_per_iter", "test_s_per_image", "fixed_s")}
+    return Rate(**med, input_size=input_size, source=source)
+
+
 class CostModel:
     """Estimates for one plan: reads the results folder once."""
 
@@ -148,28 +153,26 @@ class CostModel:
         self.measured = results_rates(results_root, scale_name)
         self.cal = calibration(scale_name)
 
-    def _from_results(self, runs: list[dict], how: str) -> Rate:
-        med = {k: statistics.median(r[k] for r in runs) for k in ("s_per_iter", "test_s_per_image", "fixed_s")}
-        return Rate(**med, input_size=runs[-1]["input_size"], source=f"your results ({how}, n={len(runs)})")
+    def _results(self, runs: list[dict], how: str) -> Rate:
+        return _median(runs, runs[-1]["input_size"], f"your results ({how}, n={len(runs)})")
 
-    def _from_calibration(self, entries: list[dict], how: str) -> Rate:
-        med = {k: statistics.median(e[k] for e in entries) for k in ("s_per_iter", "test_s_per_image", "fixed_s")}
-        return Rate(**med, input_size=self.cal.get("input_size"), source=f"calibration ({how})")
+    def _calibrated(self, entries: list[dict], how: str) -> Rate:
+        return _median(entries, self.cal.get("input_size"), f"calibration ({how})")
 
     def rate(self, model: Optional[dict], input_size: Optional[list[int]]) -> Rate:
         sig = module_signature(model)
         cal = self.cal.get("rates") or {}
         if self.measured.get(sig):
-            return self._from_results(self.measured[sig], "same modules")
+            return self._results(self.measured[sig], "same modules")
         if sig in cal:
-            return self._from_calibration([cal[sig]], "same modules")
+            return self._calibrated([cal[sig]], "same modules")
         coarse = _coarse(sig)
         runs = [r for k, rs in self.measured.items() if _coarse(k) == coarse for r in rs]
         if runs:
-            return self._from_results(runs, "same detector/head/backbone/neck")
+            return self._results(runs, "same detector/head/backbone/neck")
         entries = [e for k, e in cal.items() if _coarse(k) == coarse]
         if entries:
-            return self._from_calibration(entries, "same detector/head/backbone/neck")
+            return self._calibrated(entries, "same detector/head/backbone/neck")
         h, w = input_size or (256, 256)
         per_iter = FORMULA_S_PER_ITER_FIXED + FORMULA_S_PER_ITER_PER_PIXEL * h * w
         if isinstance(model, dict) and model.get("roi_head"):

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.plan import RunSpec
+from bench.plan import RunSpec, metric_list
 from bench.results import Measurement, Result, atomic_write_json, write_result
 
 COCO_KEYS = {  # mmdet CocoMetric key suffix -> bench metric suffix
@@ -412,8 +412,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     measured = coco_metrics(metrics)
     notes: dict[str, str] = {}
     ev = cfg.get("test_evaluator") or {}
-    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict)
-             for m in ([e.get("metric")] if isinstance(e.get("metric"), str) else e.get("metric") or [])}
+    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict) for m in metric_list(e.get("metric"))}
     for prefix in [p for m, p in (("segm", "mask"), ("bbox", "box")) if m in asked]:
         if not any(k.startswith(prefix + "_") for k in measured):
             # mmdet's CocoMetric skips COCOeval when the model detects nothing: that is an AP of 0

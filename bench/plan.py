@@ -173,6 +173,11 @@ def _apply_train_spec(cfg: dict, row: Row) -> None:
     cfg["auto_scale_lr"] = {"enable": False, "base_batch_size": tr.batch_size or 16}
 
 
+def metric_list(metric: Any) -> list[str]:
+    """An evaluator's ``metric`` field (a name or a list of names) as a list."""
+    return [metric] if isinstance(metric, str) else list(metric or [])
+
+
 def eval_metrics(configured: Any, reported: list[str]) -> list[str]:
     """What the COCO evaluator computes: the config's own metrics (its model predicts those), plus
     ``segm`` where the paper reports a mask number for the row (``reported``: its published keys with
@@ -180,8 +185,7 @@ def eval_metrics(configured: Any, reported: list[str]) -> list[str]:
     once such a model detects anything; sa-fpn Table 1's Faster R-CNN sits in a table of mask columns
     with its mask cells printed '-'), never ``bbox`` added to a mask model that predicts no boxes
     (SOLO's boxes are zeros: its box AP would be a meaningless 0)."""
-    have = [configured] if isinstance(configured, str) else list(configured or [])
-    want = [m for m in ("bbox", "segm") if m in have]
+    want = [m for m in ("bbox", "segm") if m in metric_list(configured)]
     if "segm" not in want and any(k.startswith("mask_") for k in reported):
         want.append("segm")
     return want or ["bbox", "segm"]
@@ -452,6 +456,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
     versions = code_version()
     planned_at = time.time()
     costs = CostModel(results_root, scale.name)
+    val_images = (scale.synth or {}).get("val_images", 0)
     planned: list[PlannedRow] = []
     runs: dict[str, RunSpec] = {}
     reuse: list[tuple[dict, Path]] = []
@@ -481,9 +486,10 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
-            if scale.name == "smoke":
-                pr.est_minutes, pr.est_source = costs.minutes(
-                    cfg.get("model"), scale.iterations or 0, (scale.synth or {}).get("val_images", 0), scale.input_size)
+            rate = costs.rate(cfg.get("model"), scale.input_size) if scale.name == "smoke" else None
+            if rate is not None:
+                pr.est_minutes = rate.minutes(scale.iterations or 0, val_images, scale.input_size)
+                pr.est_source = rate.source
             pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
             target = {"table": table.name, "row": row.id, "label": row.label,
                       "published": dict(row.published), "path": str(path)}
@@ -526,9 +532,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 pr.reason = ("trains nothing: evaluates the training of " + ", ".join(
                     f"{t['table']}/{t['row']}" for t in first.targets) + " (differs only at test time)")
             if first is not None or (not force and trained.exists()):
-                if pr.est_minutes is not None:  # evaluation only
-                    rate = costs.rate(cfg.get("model"), scale.input_size)
-                    pr.est_minutes = rate.minutes(0, (scale.synth or {}).get("val_images", 0), scale.input_size)
+                if rate is not None:  # evaluation only
+                    pr.est_minutes = rate.minutes(0, val_images, scale.input_size)
                 pr.est_gpu_hours = 0.0 if pr.est_gpu_hours is not None else None
     for pr in planned:
         if pr.run_key in runs:
