@@ -1,45 +1,51 @@
 """Necks and detector of "Multi-level Feature Reweighting and Fusion for Instance Segmentation"
-(Vo, Tran, Nguyen, Jo): Cross-Scale Reweighting (CSR, Sec. III-A, Eqs. 1-5, Fig. 2) and
-Depth-to-Space fusion (D2S, Sec. III-B, Fig. 3), plus the FPN fusion baseline of Table II.
+(Vo, Tran, Nguyen, Jo; ``../shared/papers/csr-d2s.txt``): Cross-Scale Reweighting (CSR, Sec. III-A,
+Eqs. 1-5, Fig. 2) and Depth-to-Space fusion (D2S, Sec. III-B, Fig. 3), plus the FPN fusion baseline
+of Table II and its one-component ablations.
 
 All necks take the ResNet-50 tuple ``(C3, C4, C5)`` (``out_indices=(1, 2, 3)``, channels
 512/1024/2048, strides 8/16/32) and return a 1-tuple with ONE fused stride-8 feature, which the
 :class:`~bench.models.kernel_head.KernelClsHead` consumes (Fig. 1).
 
-Readings of the ambiguous parts (each also in ``csr_d2s.md``; when two readings were equally
-plausible we took the one whose trainable-parameter count is closest to Tables I/III):
+Readings of the ambiguous parts (each with the numbers of its alternatives in ``csr_d2s.md``):
 
-1. "1D convolution" (Eqs. 1 and 4).  ``W0 in R^{B_i x 256}``, ``W1 in R^{768 x 256}``,
-   ``W2 in R^{256 x 256}`` are dense matrices acting on pooled channel vectors, so each "1D
-   convolution" is a ``Conv1d`` with kernel size 1 (bias on) over the channel vector, i.e. a
-   linear map.  An ECA-style 1D conv sliding along the channel axis (a handful of weights)
-   cannot have those weight shapes, and would make Table III's parameter counts independent of
-   the CSR width, whereas ``3584 * (1024 - 128) = 3.2M`` accounts for Table III's 3.25M spread.
-2. CSR width.  Table III's "#channels" (128/256/512/1024) is the output width c of the per-level
-   ``W0`` projections (so ``H`` has 3c entries and ``W1`` is 3c x 256); ``W2``, the reweighting
-   vector ``R`` and the output ``O`` stay 256 wide, as Eq. 5 states ``O in R^{256 x H/32 x W/32}``.
+1. CSR's "1D convolutions".  ``W0`` (Eq. 4, "1D convolution layer W0 in R^{B_i x 256} to reduce
+   number of channels from B_i to 256") is a dense channel reduction: a kernel-size-1 ``Conv1d``
+   ``B_i -> c`` per level.  ``W1`` and ``W2`` (Eq. 1, "linear transformations implemented by
+   lightweight 1D convolution operation") are 1D convolutions *across the channel axis*
+   (Sec. I: "calculated across the channel axis via efficient 1D convolution layers"): ``W1`` slides
+   a ``k``-wide kernel over the channel axis of the three stacked level vectors (3 input channels,
+   one output: the 768 -> 256 map of Eq. 1 at c = 256), ``W2`` a ``k``-wide kernel over the
+   256-long result (the 256 -> 256 map).  Table III's parameter counts decide it: their
+   least-squares line is 31.252M + 3,632 per CSR channel; everything of our model except the CSR
+   is 31,256,609 and ``W0`` costs 3,587 per channel, so W1 and W2 carry almost nothing.  The dense
+   reading (W1 a 3c x 256, W2 a 256 x 256 matrix; ``channel_mixing='linear'``) costs 4,355 per
+   channel and is +2.59% at 1024 channels; this one is within 0.74% at all four widths.
+2. CSR width (Table III "#channels") is c, the output width of the ``W0`` projections; R and O stay
+   256 wide (Eq. 5: ``O in R^{256 x H/32 x W/32}``).  When c != 256 the c-long output of ``W1`` is
+   linearly resampled to 256 (no parameters; the paper only gives the shapes at c = 256).
 3. Eq. 1 writes ``delta(W1 W2 H)``; shapes only compose as ``W2(W1 H)``.  No non-linearity is
-   written between the two maps, so none is used by default (``csr_mid_act_cfg`` can add one).
+   written between the two maps, so none is used by default (``mid_act_cfg`` can add one).
 4. C5 has 2048 channels but ``R`` and ``O`` have 256: a 1x1 convolution (FPN-style lateral,
    bias, no norm/activation) reduces C5 to 256 channels, then ``O = R (.) C5'`` (Eq. 5).
 5. D2S (Fig. 3): PixelShuffle(r=2) (no parameters) followed by a 3x3 depthwise-separable conv
-   (3x3 depthwise without bias + 1x1 pointwise with bias, no norm/activation by default).  The
-   text says D2S "upsamples the feature map to the higher dimension that is equal to the feature
-   dimension at the earlier layer" and fuses the reweighted C5 with "the original feature C4";
-   so the pointwise conv maps to the *backbone* width of the next level and is added to the raw
-   C4 (no lateral conv on C4/C3): ``O (256, s32) -> PS -> 64 @ s16 -> DWS -> 1024 (+ C4)``;
-   the fused map goes through a second D2S, ``1024 -> PS -> 256 @ s8 -> DWS -> 512``, and is
-   summed with the raw C3 ("the fused feature and the low-level feature C3 are summed").  The
-   output is therefore 512 channels at stride 8.  This reading (no laterals) gives 32.4M
-   parameters for the full model vs. 32.13M published; adding FPN-style 1x1 laterals to 256
-   channels would give about 31.0M (-3.6%).
+   (3x3 depthwise without bias + 1x1 pointwise with bias, no norm/activation by default).  In the
+   full model (:class:`CSRD2SNeck`) D2S "upsamples the feature map to the higher dimension that is
+   equal to the feature dimension at the earlier layer" and fuses the reweighted C5 with "the
+   original feature C4": ``O (256, s32) -> PS -> 64 @ s16 -> DWS -> 1024 (+ C4)``, then
+   ``1024 -> PS -> 256 @ s8 -> DWS -> 512 (+ C3)``; no lateral convs, 512-channel output.  This
+   gives 32,174,895 parameters (+0.14% vs 32.13M); FPN-style 1x1 laterals to 256 channels with
+   D2S at width 256 would give 31,222,383 (-2.8%).
 6. Sizes that are not multiples of 32: the up-sampled map is cropped to the next level's size
    right after the pixel shuffle (the extra row/column lies beyond the image border).
-7. Ablations (Table II): "+D2S" keeps the same topology without the CSR gate; "+CSR" replaces
-   each D2S block by the FPN way of up-sampling, nearest x2 followed by a 1x1 conv to the next
-   level's width.  The baseline row ("FPN without any modification") is :class:`FPNFusionNeck`:
-   mmdet's FPN (1x1 laterals, top-down nearest up-sampling, 3x3 output convs) on C3-C5, with
-   P4 and P5 bilinearly resized to stride 8 and summed with P3 into one 256-channel map.
+7. Table II.  Baseline ("FPN without any modification", Sec. IV-B2) = :class:`FPNFusionNeck`:
+   mmdet's FPN (1x1 laterals, top-down nearest x2, 3x3 output convs) on C3-C5, P4 and P5
+   bilinearly resized to stride 8 and summed with P3 into one 256-channel map.  "+CSR" = the same
+   neck with ``csr``: the CSR gate computed from (C3, C4, C5) reweights the 256-channel C5 lateral
+   ("adding CSR to the top of the backbone"; the C5 lateral is the reduction of reading 4).
+   "+D2S" = the same neck with ``upsample='d2s'``: each top-down nearest x2 becomes a D2S block at
+   the FPN width ("D2S module as upsampling operation and spatial mixing").  "+CSR +D2S" is the
+   paper's model, :class:`CSRD2SNeck`.
 """
 from __future__ import annotations
 
@@ -72,18 +78,29 @@ def crop_to(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False)
 
 
+XAVIER_CONV = dict(type='Xavier', layer=['Conv2d', 'Conv1d'], distribution='uniform')
+
+
 @MODELS.register_module()
 class CrossScaleReweighting(BaseModule):
     """Cross-Scale Reweighting gate R (paper Sec. III-A, Eqs. 1-4, Fig. 2).
 
     ``P_i = GAP(C_i)`` (Eq. 3), ``F_i = W0_i P_i`` (Eq. 4, per-level kernel-size-1 Conv1d to the
-    CSR width c), ``H = [F3, F4, F5]`` (Eq. 2), ``R = sigmoid(W2 W1 H)`` (Eq. 1) with
-    ``W1: 3c -> out_channels`` and ``W2: out_channels -> out_channels``.
+    CSR width c), ``H = [F3, F4, F5]`` (Eq. 2), ``R = sigmoid(W2 W1 H)`` (Eq. 1).
+
+    ``channel_mixing='conv'`` (default, module docstring reading 1): ``W1`` is a Conv1d with the
+    three levels as input channels and one output channel, sliding a ``kernel_size`` kernel along
+    the channel axis (``(3, c) -> c``); the result is linearly resampled to ``out_channels`` when
+    c differs; ``W2`` is a Conv1d(1, 1, kernel_size) along the channel axis.
+    ``channel_mixing='linear'``: the dense alternative, ``W1: 3c -> out_channels`` and
+    ``W2: out_channels -> out_channels`` as kernel-size-1 Conv1d (kept to measure it).
 
     Args:
         in_channels: channels B_i of the backbone levels (C3, C4, C5).
         csr_channels: c, the per-level projection width (Table III: 128/256/512/1024).
         out_channels: length of R (256, the width of the reweighted C5).
+        channel_mixing: 'conv' or 'linear' (see above).
+        kernel_size: kernel of the channel-axis convolutions W1 and W2 ('conv' only).
         mid_act_cfg: optional activation between W1 and W2 (None = literal Eq. 1).
     """
 
@@ -91,24 +108,46 @@ class CrossScaleReweighting(BaseModule):
                  in_channels: Sequence[int] = RESNET50_C3_C5,
                  csr_channels: int = 256,
                  out_channels: int = 256,
+                 channel_mixing: str = 'conv',
+                 kernel_size: int = 3,
                  mid_act_cfg: OptConfigType = None,
-                 init_cfg: OptMultiConfig = None) -> None:
+                 init_cfg: OptMultiConfig = XAVIER_CONV) -> None:
         super().__init__(init_cfg=init_cfg)
+        if channel_mixing not in ('conv', 'linear'):
+            raise ValueError(f"channel_mixing must be 'conv' or 'linear', got {channel_mixing!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f'kernel_size must be odd (same-length channel convolution), got {kernel_size}')
         self.in_channels = tuple(in_channels)
         self.csr_channels = csr_channels
         self.out_channels = out_channels
+        self.channel_mixing = channel_mixing
         self.level_proj = nn.ModuleList(
             [nn.Conv1d(c, csr_channels, kernel_size=1) for c in self.in_channels])  # W0
-        self.w1 = nn.Conv1d(len(self.in_channels) * csr_channels, out_channels, kernel_size=1)
+        n = len(self.in_channels)
+        if channel_mixing == 'conv':
+            pad = kernel_size // 2
+            self.w1 = nn.Conv1d(n, 1, kernel_size, padding=pad)
+            self.w2 = nn.Conv1d(1, 1, kernel_size, padding=pad)
+        else:
+            self.w1 = nn.Conv1d(n * csr_channels, out_channels, kernel_size=1)
+            self.w2 = nn.Conv1d(out_channels, out_channels, kernel_size=1)
         self.mid_act = build_activation_layer(mid_act_cfg) if mid_act_cfg else nn.Identity()
-        self.w2 = nn.Conv1d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Return the channel gate R of shape (B, out_channels, 1, 1), values in (0, 1)."""
         assert len(feats) == len(self.in_channels)
         pooled = [f.mean(dim=(2, 3)).unsqueeze(-1) for f in feats]  # Eq. 3: (B, B_i, 1)
-        h = torch.cat([proj(p) for proj, p in zip(self.level_proj, pooled)], dim=1)  # Eqs. 4, 2
-        r = torch.sigmoid(self.w2(self.mid_act(self.w1(h))))  # Eq. 1
+        levels = [proj(p) for proj, p in zip(self.level_proj, pooled)]  # Eq. 4: (B, c, 1) each
+        if self.channel_mixing == 'conv':
+            h = torch.cat([f.transpose(1, 2) for f in levels], dim=1)  # Eq. 2: (B, 3, c)
+            x = self.w1(h)  # (B, 1, c)
+            if x.shape[-1] != self.out_channels:
+                x = F.interpolate(x, size=self.out_channels, mode='linear', align_corners=False)
+            r = torch.sigmoid(self.w2(self.mid_act(x)))  # Eq. 1, (B, 1, out_channels)
+            r = r.transpose(1, 2)
+        else:
+            h = torch.cat(levels, dim=1)  # Eq. 2: (B, 3c, 1)
+            r = torch.sigmoid(self.w2(self.mid_act(self.w1(h))))  # Eq. 1
         return r.unsqueeze(-1)
 
 
@@ -132,7 +171,7 @@ class DepthToSpace(BaseModule):
                  scale: int = 2,
                  norm_cfg: OptConfigType = None,
                  act_cfg: OptConfigType = None,
-                 init_cfg: OptMultiConfig = None) -> None:
+                 init_cfg: OptMultiConfig = XAVIER_CONV) -> None:
         super().__init__(init_cfg=init_cfg)
         assert in_channels % (scale * scale) == 0, 'in_channels must be divisible by r^2'
         mid = in_channels // (scale * scale)
@@ -148,27 +187,18 @@ class DepthToSpace(BaseModule):
         return self.pointwise(self.depthwise(y))
 
 
-@MODELS.register_module()
-class NearestUpConv(BaseModule):
-    """FPN-style up-sampling used in place of D2S for the "+CSR only" ablation:
-    nearest x2 interpolation followed by a 1x1 conv to the next level's width."""
-
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 scale: int = 2,
-                 norm_cfg: OptConfigType = None,
-                 act_cfg: OptConfigType = None,
-                 init_cfg: OptMultiConfig = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        self.scale = scale
-        self.conv = ConvModule(in_channels, out_channels, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)
-
-    def forward(self, x: Tensor, out_size: Sequence[int] | None = None) -> Tensor:
-        y = F.interpolate(x, scale_factor=self.scale, mode='nearest')
-        if out_size is not None:
-            y = crop_to(y, out_size)
-        return self.conv(y)
+def top_down_fuse(laterals: list[Tensor], up_blocks: nn.ModuleList | None) -> list[Tensor]:
+    """FPN's top-down pathway over ``laterals`` (fine to coarse), in place: each coarser map is
+    up-sampled to the next finer one's size and added.  ``up_blocks[i]`` (D2S) up-samples level
+    ``i + 1`` to level ``i``; None = FPN's nearest interpolation to the finer size (mmdet FPN)."""
+    for i in range(len(laterals) - 1, 0, -1):
+        size = laterals[i - 1].shape[-2:]
+        if up_blocks is None:
+            up = F.interpolate(laterals[i], size=size, mode='nearest')
+        else:
+            up = up_blocks[i - 1](laterals[i], size)
+        laterals[i - 1] = laterals[i - 1] + up
+    return laterals
 
 
 @MODELS.register_module()
@@ -176,59 +206,50 @@ class CSRD2SNeck(BaseModule):
     """The proposed neck (paper Sec. III, Fig. 1): CSR-reweighted C5 fused top-down with the raw
     C4 and C3 through D2S blocks and summation; returns ``(fused,)`` at stride 8.
 
-    ``O = R (.) Conv1x1(C5)`` (Eq. 5, R from :class:`CrossScaleReweighting` when ``use_csr``),
+    ``O = R (.) Conv1x1(C5)`` (Eq. 5, R from :class:`CrossScaleReweighting`),
     ``X4 = D2S(O) + C4``, ``X3 = D2S(X4) + C3``; output ``(X3,)`` with ``in_channels[0]``
-    channels.  ``use_d2s=False`` swaps each D2S for :class:`NearestUpConv` (Table II "+CSR");
-    ``use_csr=False`` drops the gate (Table II "+D2S").
+    channels.  This is Table I "Ours", Table II "+CSR +D2S" and Table III; Table II's one-component
+    rows are :class:`FPNFusionNeck` with ``csr`` or ``upsample='d2s'``.
 
     Args:
         in_channels: backbone channels of (C3, C4, C5).
         top_channels: width of the reduced / reweighted C5 (256 in the paper).
         csr_channels: CSR projection width c (Table III).
-        use_csr / use_d2s: switch the two proposed components (Table II).
+        csr: further :class:`CrossScaleReweighting` arguments (channel_mixing, kernel_size,
+            mid_act_cfg).
         scale: pixel-shuffle factor r.
-        csr_mid_act_cfg: optional activation between W1 and W2 of CSR.
-        up_norm_cfg / up_act_cfg: optional norm / activation after each up-sampling block.
+        up_norm_cfg / up_act_cfg: optional norm / activation after each D2S block.
     """
 
     def __init__(self,
                  in_channels: Sequence[int] = RESNET50_C3_C5,
                  top_channels: int = 256,
                  csr_channels: int = 256,
-                 use_csr: bool = True,
-                 use_d2s: bool = True,
+                 csr: OptConfigType = None,
                  scale: int = 2,
-                 csr_mid_act_cfg: OptConfigType = None,
                  up_norm_cfg: OptConfigType = None,
                  up_act_cfg: OptConfigType = None,
-                 init_cfg: OptMultiConfig = dict(
-                     type='Xavier', layer=['Conv2d', 'Conv1d'], distribution='uniform')) -> None:
+                 init_cfg: OptMultiConfig = XAVIER_CONV) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = tuple(in_channels)
         assert len(self.in_channels) >= 2
         self.out_channels = self.in_channels[0]
-        self.use_csr = use_csr
-        self.use_d2s = use_d2s
         self.reduce_top = nn.Conv2d(self.in_channels[-1], top_channels, 1)
         self.csr = CrossScaleReweighting(self.in_channels, csr_channels, top_channels,
-                                         mid_act_cfg=csr_mid_act_cfg) if use_csr else None
-        block = DepthToSpace if use_d2s else NearestUpConv
+                                         **dict(csr or {}))
         widths = [top_channels] + list(self.in_channels[-2::-1])  # e.g. 256, 1024, 512
         self.up_blocks = nn.ModuleList([
-            block(widths[i], widths[i + 1], scale=scale, norm_cfg=up_norm_cfg,
-                  act_cfg=up_act_cfg) for i in range(len(self.in_channels) - 1)
+            DepthToSpace(widths[i], widths[i + 1], scale=scale, norm_cfg=up_norm_cfg,
+                         act_cfg=up_act_cfg) for i in range(len(self.in_channels) - 1)
         ])
 
-    def reweight(self, inputs: Sequence[Tensor]) -> Tensor | None:
-        """CSR gate R (B, top_channels, 1, 1), or None when CSR is disabled."""
-        return self.csr(inputs) if self.csr is not None else None
+    def reweight(self, inputs: Sequence[Tensor]) -> Tensor:
+        """CSR gate R (B, top_channels, 1, 1)."""
+        return self.csr(inputs)
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor]:
         assert len(inputs) == len(self.in_channels)
-        x = self.reduce_top(inputs[-1])
-        gate = self.reweight(inputs)
-        if gate is not None:
-            x = gate * x  # Eq. 5
+        x = self.reweight(inputs) * self.reduce_top(inputs[-1])  # Eq. 5
         for block, lateral in zip(self.up_blocks, reversed(inputs[:-1])):
             x = block(x, lateral.shape[-2:]) + lateral
         return (x, )
@@ -237,25 +258,54 @@ class CSRD2SNeck(BaseModule):
 @MODELS.register_module()
 class FPNFusionNeck(BaseModule):
     """Table II baseline: unmodified FPN on (C3, C4, C5), fused into one stride-8 map by summing
-    P3 with bilinearly up-sampled P4 and P5.
+    P3 with bilinearly up-sampled P4 and P5; and the baseline plus ONE proposed component:
+
+    * ``csr`` (a dict of :class:`CrossScaleReweighting` arguments, e.g. ``dict(csr_channels=256)``):
+      the CSR gate from (C3, C4, C5) multiplies the C5 lateral (256 channels) before the top-down
+      pathway (Table II "+CSR"; Eq. 5 with the lateral as the C5 reduction);
+    * ``upsample='d2s'``: every top-down x2 nearest interpolation is replaced by a
+      :class:`DepthToSpace` block ``out_channels -> out_channels`` (Table II "+D2S").
+
+    With neither, the output equals mmdet's ``FPN`` followed by the fusion sum.  The FPN's weights
+    live in ``self.fpn`` (mmdet ``FPN``: ``lateral_convs``, ``fpn_convs``, its Xavier init).
 
     Args:
         in_channels: backbone channels of (C3, C4, C5).
         out_channels: FPN width (256).
+        csr: None or CrossScaleReweighting arguments (``in_channels``/``out_channels`` are set
+            here).
+        upsample: 'nearest' (FPN) or 'd2s'.
+        scale: pixel-shuffle factor r of the D2S blocks.
     """
 
     def __init__(self,
                  in_channels: Sequence[int] = RESNET50_C3_C5,
                  out_channels: int = 256,
+                 csr: OptConfigType = None,
+                 upsample: str = 'nearest',
+                 scale: int = 2,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        if upsample not in ('nearest', 'd2s'):
+            raise ValueError(f"upsample must be 'nearest' or 'd2s', got {upsample!r}")
         self.in_channels = tuple(in_channels)
         self.out_channels = out_channels
         self.fpn = FPN(in_channels=list(self.in_channels), out_channels=out_channels,
                        num_outs=len(self.in_channels))
+        self.csr = CrossScaleReweighting(self.in_channels, out_channels=out_channels,
+                                         **dict(csr)) if csr else None
+        self.up_blocks = nn.ModuleList([
+            DepthToSpace(out_channels, out_channels, scale=scale)
+            for _ in range(len(self.in_channels) - 1)
+        ]) if upsample == 'd2s' else None
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor]:
-        outs = self.fpn(tuple(inputs))
+        assert len(inputs) == len(self.in_channels)
+        laterals = [conv(x) for conv, x in zip(self.fpn.lateral_convs, inputs)]
+        if self.csr is not None:
+            laterals[-1] = self.csr(inputs) * laterals[-1]  # Eq. 5 on the C5 lateral
+        laterals = top_down_fuse(laterals, self.up_blocks)
+        outs = [conv(x) for conv, x in zip(self.fpn.fpn_convs, laterals)]
         size = outs[0].shape[-2:]
         fused = outs[0]
         for p in outs[1:]:

@@ -24,9 +24,8 @@ model = dict(
         type='CSRD2SNeck',
         in_channels=[512, 1024, 2048],
         top_channels=256,
-        csr_channels=256,
-        use_csr=True,
-        use_d2s=True),
+        csr_channels=256,  # Table III "#channels"
+        csr=dict(channel_mixing='conv', kernel_size=3)),  # W1, W2: 1D convs across the channels
     mask_head=dict(
         type='KernelClsHead',
         num_classes=num_classes,

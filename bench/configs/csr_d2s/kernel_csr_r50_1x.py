@@ -1,5 +1,7 @@
-"""Table II row "Baseline + CSR": CSR-reweighted C5, FPN-style up-sampling (nearest x2 + 1x1 conv)
-instead of D2S, fused with raw C4 / C3 by summation; KernelClsHead; schedule of Sec. IV-A."""
-_base_ = './kernel_csr_d2s_r50_1x.py'
+"""Table II row "Baseline + CSR": the baseline (kernel_fpn_r50_1x.py) with the CSR gate of the full
+model (W0: B_i -> 256 per level, W1/W2: 1D convs across the channel axis) reweighting the
+256-channel C5 lateral before the FPN's top-down pathway ("adding CSR to the top of the backbone",
+Sec. IV-B2). Nothing else differs from the baseline."""
+_base_ = './kernel_fpn_r50_1x.py'
 
-model = dict(neck=dict(use_d2s=False))
+model = dict(neck=dict(csr=dict(csr_channels=256, channel_mixing='conv', kernel_size=3)))

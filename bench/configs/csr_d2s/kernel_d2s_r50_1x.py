@@ -1,5 +1,7 @@
-"""Table II row "Baseline + D2S": D2S fusion (pixel shuffle + depthwise-separable mixing) of the
-1x1-reduced C5 with raw C4 / C3, without the CSR gate; KernelClsHead; schedule of Sec. IV-A."""
-_base_ = './kernel_csr_d2s_r50_1x.py'
+"""Table II row "Baseline + D2S": the baseline (kernel_fpn_r50_1x.py) with each top-down x2 nearest
+up-sampling of the FPN replaced by a D2S block (pixel shuffle r=2 + 3x3 depthwise-separable conv,
+256 -> 256 channels): "D2S module as upsampling operation and spatial mixing" (Sec. IV-B2).
+Nothing else differs from the baseline."""
+_base_ = './kernel_fpn_r50_1x.py'
 
-model = dict(neck=dict(use_csr=False))
+model = dict(neck=dict(upsample='d2s'))
