@@ -219,9 +219,30 @@ def data_group() -> None:
 @click.option("--size", default=160, show_default=True, help="Image width and height in pixels (160: the smoke scale's set).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rewrite even if the folder holds the same dataset.")
-def data_synth(out: Path | None, train_images: int, val_images: int, size: int, seed: int, force: bool) -> None:
-    """Write the deterministic synthetic COCO-format instance-segmentation set."""
+@click.option("--layout", type=click.Choice(["synth", "coco", "cityscapes"]), default="synth", show_default=True,
+              help="synth: the smoke scale's set. coco / cityscapes: a small made-up root in the exact on-disk layout "
+                   "of COCO 2017 or of mmdet's converted Cityscapes (for exercising paper configs; needs --out).")
+def data_synth(out: Path | None, train_images: int, val_images: int, size: int, seed: int, force: bool,
+               layout: str) -> None:
+    """Write the deterministic synthetic COCO-format instance-segmentation set (or a real-format root)."""
     from bench.data import synth
+
+    if layout != "synth":
+        from bench.data import layouts
+
+        if out is None:
+            raise BenchError(f"--layout {layout} needs --out DIR")
+        src = click.get_current_context().get_parameter_source
+        n_train = train_images if src("train_images").name != "DEFAULT" else (8 if layout == "coco" else 4)
+        n_val = val_images if src("val_images").name != "DEFAULT" else (4 if layout == "coco" else 2)
+        try:
+            m = (layouts.write_coco(out, n_train, n_val, seed=seed) if layout == "coco"
+                 else layouts.write_cityscapes(out, n_train, n_val, seed=seed))
+        except FileExistsError as e:
+            raise BenchError(str(e)) from None
+        click.echo(f"{out}: {layout} layout: " + ", ".join(
+            f"{k} {v['images']} images / {v['instances']} instances ({v['crowd']} crowd)" for k, v in m["splits"].items()))
+        return
 
     spec = synth.SynthSpec(train_images=train_images, val_images=val_images, width=size, height=size, seed=seed)
     out = out or synth.default_dir()
@@ -235,19 +256,32 @@ def data_synth(out: Path | None, train_images: int, val_images: int, size: int, 
 
 
 @data_group.command("check")
-@click.argument("dataset", type=click.Choice(["coco", "cityscapes"]))
-@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, required=True, metavar="DATASET ROOT | DATASET=ROOT...")
 @click.option("--split", default=None, help="Evaluation split (default: val2017 / cityscapes-val).")
-def data_check(dataset: str, root: Path, split: str | None) -> None:
-    """Check that ROOT holds the files a paper-scale run on DATASET needs."""
-    from bench.data.datasets import DataError, check_root
+def data_check(args: tuple[str, ...], split: str | None) -> None:
+    """Check that ROOT holds the files a paper-scale run on DATASET needs (coco or cityscapes):
+    `bench data check coco /data/coco`, or several at once: `bench data check coco=/data/coco cityscapes=/data/cs`."""
+    from bench.data.datasets import LAYOUTS, DataError, check_root
 
-    split = split or ("val2017" if dataset == "coco" else "cityscapes-val")
-    try:
-        check_root(dataset, root, split)
-    except DataError as e:
-        raise BenchError(str(e)) from None
-    click.echo(f"{root}: {dataset} ({split}) ok")
+    if len(args) == 2 and "=" not in args[0] and "=" not in args[1]:
+        pairs = [(args[0], args[1])]
+    elif all("=" in a for a in args):
+        pairs = [tuple(a.split("=", 1)) for a in args]
+    else:
+        raise BenchError("give DATASET ROOT, or DATASET=ROOT pairs")
+    failed = False
+    for dataset, root in pairs:
+        if dataset not in LAYOUTS or dataset == "synth":
+            raise BenchError(f"unknown dataset {dataset!r} (coco or cityscapes)")
+        sp = split or ("val2017" if dataset == "coco" else "cityscapes-val")
+        try:
+            check_root(dataset, Path(root), sp)
+            click.echo(f"{root}: {dataset} ({sp}) ok")
+        except DataError as e:
+            click.echo(f"bench: error: {e}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -289,6 +323,8 @@ def _print_plan(plan) -> None:
         est_s = f"{est:.1f}" if pr.action == "run" and est is not None else ""
         if smoke and est_s and pr.est_source:
             est_s += " " + source_kind(pr.est_source)
+        elif not smoke and est_s and pr.est_source:
+            est_s += " " + pr.est_source.split(":")[0]
         rt.add_row(pr.table, str(pr.row.position), pr.row.id, str(pr.status), pr.action, pr.run_key or "",
                    est_s, note)
     con.print(rt)
@@ -305,8 +341,12 @@ def _print_plan(plan) -> None:
         cost = (f"about {sum(pr.est_minutes for pr in ran):.0f} min, one run at a time; rates of "
                 + ", ".join(f"{n} row(s) {said[k]}" for k, n in kinds.items()))
     else:
-        hours = [pr.est_gpu_hours for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours]
-        cost = f"about {sum(hours):.0f} V100 GPU-hours (mmdet model-zoo train times x the recipes' epochs)"
+        ran = [pr for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours]
+        n_pre = sum((pr.est_source or "").startswith("preflight") for pr in ran)
+        unknown = [pr for pr in plan.rows if pr.action == "run" and pr.est_gpu_hours is None]
+        cost = (f"about {sum(pr.est_gpu_hours for pr in ran):.0f} GPU-hours: {n_pre} run(s) rated by a GPU preflight, "
+                f"{len(ran) - n_pre} by the formula (0.11 V100-s per training image: Mask R-CNN R-50 1x in mmdet's "
+                "model zoo; other models differ)" + (f"; {len(unknown)} without a schedule" if unknown else ""))
     con.print(f"{n_run} run(s) to start; estimated cost: {cost}")
     con.print(f"overlay ({plan.scale.name}): " + json.dumps(plan.scale.as_dict()))
 
@@ -317,8 +357,13 @@ def _print_plan(plan) -> None:
 @click.option("--scale", default="smoke", show_default=True,
               help="smoke: synthetic data, tiny schedule, CPU. paper: the recipe as the paper states it. "
                    "Or a scale YAML (a variant of bench/scales/smoke.yaml).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Dataset root (COCO or Cityscapes layout) for --scale paper; the synthetic set's folder for smoke.")
+@click.option("--data-root", "data_root", multiple=True, metavar="[DATASET=]DIR",
+              help="Dataset root for --scale paper: DIR, or coco=DIR / cityscapes=DIR (repeatable, for a table mixing "
+                   "datasets); at smoke scale the synthetic set's folder.")
+@click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding pretrained checkpoints by file name (repeatable; then $BENCH_WEIGHTS, then torch's "
+                   "hub cache). Paper-scale configs load them from there instead of their URLs.")
+@click.option("--no-preflight", is_flag=True, help="At paper scale, submit without preflighting each run first.")
 @click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local", show_default=True,
               help="local: submitit subprocesses on this machine; inline: in this process; slurm: a SLURM cluster.")
 @click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -333,7 +378,8 @@ def _print_plan(plan) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, the estimated cost of "
               "each run and where the estimate comes from) and stop.")
 @click.pass_context
-def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, gpus, seeds, force, dry_run) -> None:
+def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, cluster, profile, max_parallel, gpus, seeds,
+            force, dry_run) -> None:
     """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.
 
     Each run writes results/<scale>/<paper>/<table>/<row>.json. A model shared by several rows
@@ -344,10 +390,13 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
     cat, t = _load(ctx, table)
     selected = _select_rows(t, rows)
     root = _results_root(ctx)
-    if scale == "paper" and data_root is None:
-        raise BenchError("--scale paper needs --data-root (a COCO or Cityscapes root; see `bench data check`)")
+    roots = _data_roots(data_root)
+    if scale == "paper" and roots is None:
+        raise BenchError("--scale paper needs --data-root (a COCO or Cityscapes root, or coco=DIR cityscapes=DIR; "
+                         "see `bench data check`)")
     try:
-        plans = [make_plan([(t, selected)], scale, root, data_root=data_root, force=force, gpus=gpus, seed_index=k)
+        plans = [make_plan([(t, selected)], scale, root, data_root=roots, force=force, gpus=gpus, seed_index=k,
+                           weights_dirs=list(weights_dirs))
                  for k in range(seeds)]
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
@@ -369,6 +418,11 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
             cannot = sum(pr.action == "cannot run" for pr in plan.rows)
             click.echo(f"nothing to run: {done} row(s) already done (--force reruns them), {cannot} cannot run")
         return
+    if plan.scale.name == "paper" and not no_preflight:
+        _preflight_before_submit(plan, root)
+        if not plan.runs:
+            click.echo("nothing to submit: every run failed its preflight (see above; --no-preflight skips it)")
+            sys.exit(1)
     runs = list(plan.runs.values())
     if cluster == "local":
         from bench.launch import LaunchError, check_local_gpus
@@ -399,6 +453,149 @@ def run_cmd(ctx, table, rows, scale, data_root, cluster, profile, max_parallel, 
         click.echo(f"  failed: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
     if failed:
         sys.exit(1)
+
+
+def _data_roots(values):
+    from bench.plan import PlanError, parse_data_roots
+
+    try:
+        return parse_data_roots(values)
+    except PlanError as e:
+        raise BenchError(str(e)) from None
+
+
+def _preflight_before_submit(plan, results_root: Path) -> None:
+    """Preflight each run (one iteration, cached by run key) and take the failing ones out of the
+    plan, recording each as failed with the preflight's reason."""
+    from bench.preflight import preflight_plan
+    from bench.results import Result, write_result
+
+    click.echo(f"preflight of {len(plan.runs)} run(s) before submitting (1 iteration each, cached by run key; "
+               "--no-preflight skips it)")
+    recs = preflight_plan(plan, results_root, iters=1, device=_local_device(), use_cache=True,
+                          on_result=lambda r: click.echo(_preflight_line(r)))
+    for rec in recs:
+        if rec["status"] == "ok":
+            continue
+        spec = plan.runs.pop(rec["run_key"])
+        for tg in spec.targets:
+            write_result(Path(tg["path"]), Result(
+                status="failed", table=tg["table"], row=tg["row"], label=tg["label"], run_key=spec.run_key,
+                config_hash=spec.config_hash, published=tg["published"], config=spec.config, overlay=spec.overlay,
+                failure=f"refused by preflight: {rec['reason']}", work_dir=spec.work_dir))
+        click.echo(f"  refused (not submitted): {', '.join(rec['rows'])}: {rec['reason']}")
+
+
+def _local_device() -> str:
+    from bench.launch import visible_gpus
+
+    return "cuda" if visible_gpus() else "cpu"
+
+
+def _preflight_line(r: dict) -> str:
+    mem = f"{r['peak_mem_mb']:.0f} MB" if r.get("peak_mem_mb") else "-"
+    spi = f"{r['s_per_iter']:.2f} s/it" if r.get("s_per_iter") else "-"
+    counts = (f"train {r.get('train_images')} img / {r.get('train_instances')} inst, "
+              f"eval {r.get('eval_images')} img / {r.get('eval_instances')} inst")
+    cached = " (cached)" if r.get("cached") else ""
+    head = f"{r['status']:6s} {', '.join(r['rows'])}{cached}"
+    return f"{head}: {spi}, {mem}, {counts}" + (f": {r['reason']}" if r["status"] != "ok" else "")
+
+
+@main.command("preflight")
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--row", "row_ids", multiple=True, help="Only these rows (repeatable; ids of the one TABLE given).")
+@click.option("--data-root", "data_root", multiple=True, required=True, metavar="[DATASET=]DIR",
+              help="DIR, or coco=DIR / cityscapes=DIR (repeatable).")
+@click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding pretrained checkpoints by file name (repeatable; then $BENCH_WEIGHTS, hub cache).")
+@click.option("--iters", type=click.IntRange(min=1), default=2, show_default=True, help="Training iterations per run.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--gpus", type=int, default=None, help="GPUs the cluster run will use (decides the per-GPU batch).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
+@click.pass_context
+def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, as_json) -> None:
+    """Prove every run of TABLES' paper-scale plan starts, here, in minutes: real datasets counted as mmdet
+    builds them, every checkpoint found and loaded with its keys checked, ITERS training iterations at the
+    paper's input size and per-GPU batch with finite losses and gradients, then the test pipeline and the
+    evaluator on 2 images. Exit 1 if any run fails. Records go to results/paper/preflight/<run key>.json."""
+    from bench.data.datasets import DataError
+    from bench.plan import PlanError, make_plan
+    from bench.preflight import preflight_plan
+
+    cat = _catalogue(ctx)
+    pairs = []
+    for name in tables:
+        _, t = _load(ctx, name)
+        pairs.append((t, _select_rows(t, tuple(row_ids)) if row_ids else list(t.rows)))
+    if row_ids and len(tables) > 1:
+        raise BenchError("--row selects rows of one table: give one TABLE with --row")
+    root = _results_root(ctx)
+    try:
+        plan = make_plan(pairs, "paper", root, data_root=_data_roots(data_root), force=True, gpus=gpus,
+                         weights_dirs=list(weights_dirs))
+    except (PlanError, DataError) as e:
+        raise BenchError(str(e)) from None
+    cannot = [pr for pr in plan.rows if pr.action == "cannot run"]
+    echo = (lambda r: None) if as_json else (lambda r: click.echo(_preflight_line(r)))
+    recs = preflight_plan(plan, root, iters=iters, device=device, on_result=echo)
+    if as_json:
+        out = [{k: r.get(k) for k in ("table", "row", "rows", "run_key", "status", "reason", "train_images",
+                                       "train_instances", "train_ignored", "train_with_masks", "counted_images",
+                                       "eval_images", "eval_instances", "iters", "s_per_iter", "first_iter_s",
+                                       "peak_mem_mb", "mem_kind", "losses", "grad_params", "no_grad", "weights",
+                                       "eval_metrics", "device", "batch_per_gpu", "wall_s")} for r in recs]
+        out += [{"table": pr.table, "row": pr.row.id, "rows": [f"{pr.table}/{pr.row.id}"], "run_key": None,
+                 "status": "not runnable", "reason": f"{pr.status}: {pr.reason}"} for pr in cannot]
+        click.echo(json.dumps(out, indent=2, default=str))
+    else:
+        for pr in cannot:
+            click.echo(f"{'skip':6s} {pr.table}/{pr.row.id}: {pr.status}: {pr.reason}")
+        ok = sum(r["status"] == "ok" for r in recs)
+        click.echo(f"preflight: {ok} of {len(recs)} run(s) ok, {len(recs) - ok} failed, {len(cannot)} row(s) not runnable")
+    if any(r["status"] != "ok" for r in recs):
+        sys.exit(1)
+
+
+@main.command("weights")
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding checkpoints by file name (repeatable; then $BENCH_WEIGHTS, torch's hub cache).")
+@click.option("--missing", is_flag=True, help="List only the checkpoints not found here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def weights_cmd(ctx, tables, weights_dirs, missing, as_json) -> None:
+    """The pretrained checkpoints TABLES' paper-scale configs load: URL, file name, and where it is here
+    or where to put it (fetch them on a machine with internet; compute nodes are usually offline)."""
+    from bench.recipes import RecipeError
+    from bench.resolve import row_config, row_status
+    from bench.vocab import RowStatus
+    from bench.weights import localize
+
+    entries: dict[str, dict] = {}
+    for name in tables:
+        _, t = _load(ctx, name)
+        for r in t.rows:
+            try:
+                if row_status(r)[0] is not RowStatus.RUNNABLE or r.model.config is None:
+                    continue
+                cfg = row_config(r.model).to_dict()
+            except (RecipeError, Exception) as e:  # noqa: BLE001 - a row that does not resolve is named, not fatal
+                click.echo(f"{t.name} row {r.id!r}: cannot resolve its config: {str(e).splitlines()[-1]}", err=True)
+                continue
+            for w in localize(cfg, list(weights_dirs), rewrite=False):
+                e = entries.setdefault(w.file_name, w.as_dict() | {"rows": []})
+                e["rows"].append(f"{t.name}/{r.id}")
+    items = [e for e in entries.values() if not (missing and e["found"])]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for e in items:
+        where = f"found: {e['found']}" if e["found"] else f"MISSING: put it at {e['put_at']}"
+        click.echo(f"{e['file_name']}\n  {e['url'] or e['ref']}\n  {where}\n  used by {len(e['rows'])} row(s): "
+                   + ", ".join(e["rows"][:6]) + (" ..." if len(e["rows"]) > 6 else ""))
+    n_missing = sum(not e["found"] for e in entries.values())
+    click.echo(f"{len(entries)} checkpoint file(s), {n_missing} missing")
 
 
 def _run_with_progress(runs, cluster: str, max_parallel: int | None):

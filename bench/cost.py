@@ -20,6 +20,7 @@ Each estimate says which source it used; ``bench run --dry-run`` shows it per ro
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
@@ -184,3 +185,45 @@ class CostModel:
                 input_size: Optional[list[int]]) -> tuple[float, str]:
         r = self.rate(model, input_size)
         return r.minutes(iterations, test_images, input_size), r.source
+
+
+# ------------------------------------------------------------------------------------ paper scale
+#: the formula at paper scale: mmdet's model zoo trains Mask R-CNN R-50-FPN 1x (12 epochs of COCO's
+#: 118,287 train images, batch 16) in about 5.5 h on 8 V100s: 8 * 5.5 * 3600 / (12 * 118287) = 0.11
+#: V100-seconds per training image at ~1333x800
+V100_S_PER_IMAGE = 0.11
+DATASET_TRAIN_IMAGES = {"coco": 118287, "cityscapes": 2975}
+
+
+@dataclass
+class PaperCost:
+    gpu_hours: Optional[float]
+    source: str
+
+
+def paper_iterations(epochs: Optional[int], iters: Optional[int], dataset: str, total_batch: int,
+                     repeat: int = 1) -> Optional[int]:
+    """Total training iterations: the recipe's iterations, or epochs x images / total batch (with
+    the config's RepeatDataset ``times``: mmdet's Cityscapes configs repeat the set 8 times an epoch)."""
+    if iters:
+        return int(iters)
+    if epochs and dataset in DATASET_TRAIN_IMAGES:
+        return int(epochs * math.ceil(DATASET_TRAIN_IMAGES[dataset] * max(1, repeat) / max(1, total_batch)))
+    return None
+
+
+def paper_cost(epochs: Optional[int], iters: Optional[int], dataset: str, total_batch: int, gpus: int,
+               repeat: int = 1, preflight: Optional[dict] = None) -> PaperCost:
+    """GPU-hours of a paper-scale run: from a preflight measured on a GPU (its s/iteration at the
+    per-GPU batch, times the iterations, times the GPUs), else from the V100 formula above."""
+    n = paper_iterations(epochs, iters, dataset, total_batch, repeat)
+    if n is None:
+        return PaperCost(None, "no schedule in the recipe (neither epochs nor iters)")
+    if preflight and preflight.get("status") == "ok" and str(preflight.get("device", "")).startswith("cuda") \
+            and preflight.get("s_per_iter"):
+        h = preflight["s_per_iter"] * n * max(1, gpus) / 3600
+        return PaperCost(round(h, 1), f"preflight on {preflight['device']}: {preflight['s_per_iter']} s/iteration "
+                                      f"x {n} iterations x {max(1, gpus)} GPU(s)")
+    h = V100_S_PER_IMAGE * n * total_batch / 3600
+    return PaperCost(round(h, 1), f"formula: {V100_S_PER_IMAGE} V100-s per training image x {n} iterations x "
+                                  f"batch {total_batch} (Mask R-CNN R-50 1x in mmdet's zoo; other models differ)")

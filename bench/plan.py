@@ -315,6 +315,7 @@ class RunSpec:
     train_key: str = ""                # runs with the same train_key differ only at test time: one trains
     reuse_training_after: Optional[float] = None  # evaluate a finished training (trained_pointer) newer than
                                                   # this time (epoch s; 0: any) instead of training; None: train
+    weights: list = field(default_factory=list)   # paper scale: the checkpoints the config loads (bench.weights)
 
 
 # Parts of an mmdet config that only inference reads. Two rows that differ only there (sbr-cnn Table 4's
@@ -340,27 +341,68 @@ def trained_pointer(work_dir: str | Path, train_key: str) -> Path:
     return Path(work_dir).parent.parent / "trained" / f"{train_key}.json"
 
 
-def build_run_config(table: Table, row: Row, scale: Scale, data_root: Path | None,
-                     gpus: int | None = None) -> tuple[dict, dict, dict]:
+def data_root_for(data_root, dataset: str) -> Optional[Path]:
+    """The root for ``dataset`` from ``--data-root``: a bare folder (any dataset) or a mapping
+    ``{dataset: folder}`` (``coco=DIR cityscapes=DIR``; key ``*`` for a bare folder among pairs)."""
+    if data_root is None:
+        return None
+    if isinstance(data_root, dict):
+        root = data_root.get(dataset, data_root.get("*"))
+        return Path(root) if root is not None else None
+    return Path(data_root)
+
+
+def parse_data_roots(values) -> "dict[str, Path] | None":
+    """``--data-root`` values (repeatable): ``DIR`` or ``DATASET=DIR`` with DATASET coco, cityscapes
+    or synth. Refuses a dataset named twice or an unknown one."""
+    if not values:
+        return None
+    if isinstance(values, (str, Path)):
+        values = [values]
+    out: dict[str, Path] = {}
+    for v in values:
+        v = str(v)
+        name, sep, path = v.partition("=")
+        if sep and name in LAYOUTS:
+            key = name
+        elif sep and "/" not in name and name:
+            raise PlanError(f"--data-root {v!r}: unknown dataset {name!r} (known: {', '.join(sorted(LAYOUTS))}); "
+                            "use DATASET=DIR or a bare DIR")
+        else:
+            key, path = "*", v
+        if key in out:
+            raise PlanError(f"--data-root: {'a bare folder' if key == '*' else key} given twice")
+        out[key] = Path(path).expanduser()
+    return out
+
+
+def build_run_config(table: Table, row: Row, scale: Scale, data_root,
+                     gpus: int | None = None, weights_dirs: Optional[list[Path]] = None) -> tuple[dict, dict, dict]:
     """The full mmdet config of a row at a scale. Returns (config, overlay record, facts)."""
     assert row.model is not None and row.model.config is not None
     cfg = copy.deepcopy(row_config(row.model).to_dict())
     _apply_train_spec(cfg, row)
     facts: dict[str, Any] = {}
     if scale.name == "smoke":
-        dataset, root, split = "synth", Path(data_root), "val"
+        dataset, root, split = "synth", data_root_for(data_root, "synth"), "val"
         batch, n_gpus = scale.batch_size, 0
     else:
         dataset, split = row.train.dataset, row.train.eval_split or ("val2017" if row.train.dataset == "coco" else "cityscapes-val")
-        if data_root is None:
-            raise PlanError(f"{table.name} row {row.id!r}: paper scale needs --data-root pointing at {dataset}")
-        root = Path(data_root)
+        root = data_root_for(data_root, dataset)
+        if root is None:
+            raise PlanError(f"{table.name} row {row.id!r}: paper scale needs a {dataset} root "
+                            f"(--data-root {dataset}=DIR)")
         check_root(dataset, root, split)
         n_gpus = gpus or row.train.gpus or 1
         batch = row.train.batch_size or 16
     per_gpu = max(1, batch // max(1, n_gpus))
     if not scale.pretrained:
         _strip_pretrained(cfg["model"])
+    elif scale.name == "paper":
+        from bench.weights import localize
+
+        # checkpoints found on this machine replace their URLs: compute nodes are usually offline
+        facts["weights"] = [w.as_dict() for w in localize(cfg, weights_dirs)]
     reported = [k for k, v in row.published.items() if v is not None]
     _apply_dataset(cfg, dataset, root, split, per_gpu, scale.workers, flatten_wrappers=scale.name == "smoke",
                    reported=reported)
@@ -428,13 +470,23 @@ def _synth_root(scale: Scale) -> Path:
     return synth.default_dir(synth_spec(scale))
 
 
-def _gpu_hours(row: Row) -> Optional[float]:
-    """A rough paper-scale cost: V100-hours per COCO epoch (mmdet model-zoo train times) x epochs x GPUs."""
-    tr = row.train
-    if not tr.epochs:
-        return None
-    per_epoch_8gpu_h = 0.45 if tr.dataset == "coco" else 0.05  # Mask R-CNN R50 1x: ~5.5 h on 8 V100 for 12 epochs
-    return round(per_epoch_8gpu_h * 8 * tr.epochs, 1)
+def paper_estimate(cfg: dict, facts: dict, results_root: Path, run_key: str):
+    """GPU-hours of a paper-scale run (bench.cost.paper_cost): the config's own schedule (epochs or
+    iterations, RepeatDataset included), rated by a GPU preflight of this run if one exists."""
+    from bench.cost import paper_cost
+
+    tc = cfg.get("train_cfg") or {}
+    ds = ((cfg.get("train_dataloader") or {}).get("dataset") or {})
+    repeat = ds.get("times", 1) if ds.get("type") == "RepeatDataset" else 1
+    pre = None
+    try:
+        import json
+
+        pre = json.loads((Path(results_root) / "paper" / "preflight" / f"{run_key}.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return paper_cost(tc.get("max_epochs"), tc.get("max_iters"), facts["dataset"], facts["batch"], facts["gpus"],
+                      repeat=repeat, preflight=pre)
 
 
 def seed_results_root(results_root: Path, seed_index: int) -> Path:
@@ -443,15 +495,15 @@ def seed_results_root(results_root: Path, seed_index: int) -> Path:
 
 
 def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
-              data_root: Path | None = None, force: bool = False, gpus: int | None = None,
-              seed_index: int = 0) -> Plan:
+              data_root=None, force: bool = False, gpus: int | None = None,
+              seed_index: int = 0, weights_dirs: Optional[list[Path]] = None) -> Plan:
     import dataclasses
 
     scale = Scale.load(scale_name)
     if seed_index:
         scale = dataclasses.replace(scale, seed=scale.seed + seed_index)
         results_root = seed_results_root(results_root, seed_index)
-    if scale.name == "smoke" and data_root is None:
+    if scale.name == "smoke" and data_root_for(data_root, "synth") is None:
         data_root = _synth_root(scale)
     versions = code_version()
     planned_at = time.time()
@@ -471,7 +523,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 pr.reason = "layer-only row: profiled by `bench profile`, nothing to train"
                 continue
             try:
-                cfg, overlay, facts = build_run_config(table, row, scale, data_root, gpus)
+                cfg, overlay, facts = build_run_config(table, row, scale, data_root, gpus, weights_dirs)
             except Exception as e:  # noqa: BLE001 - a row that cannot be assembled is reported, not fatal
                 pr.reason = f"cannot assemble its config: {e}"
                 continue
@@ -490,7 +542,9 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             if rate is not None:
                 pr.est_minutes = rate.minutes(scale.iterations or 0, val_images, scale.input_size)
                 pr.est_source = rate.source
-            pr.est_gpu_hours = _gpu_hours(row) if scale.name == "paper" else None
+            if scale.name == "paper":
+                est = paper_estimate(cfg, facts, results_root, key)
+                pr.est_gpu_hours, pr.est_source = est.gpu_hours, est.source
             target = {"table": table.name, "row": row.id, "label": row.label,
                       "published": dict(row.published), "path": str(path)}
             if not force and path.exists():
@@ -519,7 +573,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
                 versions=code, config_hash=config_hash, input_size=scale.input_size,
                 data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None),
-                train_key=train_key)
+                train_key=train_key, weights=facts.get("weights", []))
             trained = trained_pointer(runs[key].work_dir, train_key)
             first = next((r for r in runs.values() if r.train_key == train_key and r.run_key != key), None)
             if first is not None:  # the first run of the group trains (again, with --force); this one waits for it
