@@ -156,6 +156,10 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
         raise ClusterError("--cluster slurm needs --profile slurm/<name>.yaml")
     profile = load_profile(profile_path)
     check_cluster(profile)
+    from bench.launch import skip_locked
+
+    runs, skipped = skip_locked(runs)  # another live job owns the run key: not submitted again
+    lines: list[str] = [f"{', '.join(t['table'] + '/' + t['row'] for t in o.spec.targets)}: {o.detail}" for o in skipped]
     for spec in runs:
         gpus = profile.gpus_per_node if profile.gpus_per_node else spec.gpus
         if gpus != spec.gpus:
@@ -170,7 +174,6 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
         else:
             first.setdefault(spec.train_key or spec.run_key, spec)
     leaders = [s for s in runs if s not in followers]
-    lines: list[str] = []
     job_of: dict[str, str] = {}
     for group, dependency in ((leaders, None), (followers, "")):
         shapes: dict[int, list[RunSpec]] = defaultdict(list)

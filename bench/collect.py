@@ -4,8 +4,6 @@ Corrupt or partial result files are reported in ``Collection.problems`` and neve
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -39,58 +37,94 @@ class Collection:
     problems: list[str] = field(default_factory=list)
 
 
-def _pid_alive(pid: int) -> bool:
+def _text(v) -> Optional[str]:
+    return None if v is None else str(v)[:500]
+
+
+def _last_log_line(work: Path) -> Optional[str]:
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        logs = sorted(work.glob("train/*/*.log"), key=lambda p: p.stat().st_mtime)
+        if not logs:
+            return None
+        lines = logs[-1].read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
 
 
 def _live_state(pending: dict) -> tuple[str, Optional[str], Optional[str]]:
-    """(run status, progress, last log line) of a submitted run that has no result yet."""
+    """(run status, progress, last log line) of a submitted run that has no result yet. The records are
+    read as untrusted data: a PID counts as alive only if it is still the recorded process."""
+    from bench import proc
     from bench.launch import read_state
 
     work = Path(pending.get("work_dir", ""))
     state = read_state(work)
-    last_log = None
-    logs = sorted(work.glob("train/*/*.log"), key=lambda p: p.stat().st_mtime)
-    if logs:
-        lines = logs[-1].read_text(errors="replace").strip().splitlines()
-        last_log = lines[-1] if lines else None
+    last_log = _last_log_line(work)
     if pending.get("executor") == "slurm" and pending.get("job_id"):
         from bench.cluster import slurm_state
 
-        sstate = slurm_state(pending["job_id"])
+        sstate = slurm_state(str(pending["job_id"]))
         if sstate and sstate.startswith(("PENDING", "REQUEUED", "CONFIGURING")):
             return str(RunStatus.QUEUED), sstate, last_log
         if sstate and sstate.startswith("CANCELLED"):
             return str(RunStatus.CANCELLED), sstate, last_log
         if sstate and sstate.startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")):
             return str(RunStatus.FAILED), sstate, last_log
+    if pending.get("executor") != "slurm" and (not state or pending.get("job_id") is None):
+        # queued here, or submitted and not started yet: only as long as the process that queued it lives
+        launcher, job = pending.get("launcher"), pending.get("job_proc")
+        if pending.get("job_id") is None and proc.alive(launcher) is False:
+            return (str(RunStatus.NOT_RUN), f"was queued by PID {launcher.get('pid')} on {launcher.get('host')}, "
+                    "which ended before starting it: rerun `bench run`", last_log)
+        if pending.get("job_id") is not None and proc.alive(job) is False and proc.alive(launcher) is not True:
+            return str(RunStatus.FAILED), "the job process ended before training started", last_log
     if not state or pending.get("job_id") is None:
         return str(RunStatus.QUEUED), None if pending.get("job_id") else "waiting for a free slot", last_log
-    if state.get("state") == "requeued":
-        return str(RunStatus.QUEUED), state.get("reason"), last_log
-    if state.get("state") == "running":
-        pid, host = state.get("pid"), state.get("host")
-        import socket
+    st = state.get("state")
+    if st == "requeued":
+        return str(RunStatus.QUEUED), _text(state.get("reason")), last_log
+    if st == "running":
+        if pending.get("executor") != "slurm":
+            rec = state.get("proc") if isinstance(state.get("proc"), dict) else {
+                "pid": state.get("pid"), "host": state.get("host")}
+            gone = proc.alive(rec) is False
+            if not gone and "proc" not in state:  # an older record: PID and host only
+                import socket
 
-        if pending.get("executor") != "slurm" and host == socket.gethostname() and pid and not _pid_alive(int(pid)):
-            return str(RunStatus.FAILED), "process gone without a result (killed?); rerun resumes from the last checkpoint", last_log
+                pid = proc.parse_pid(state.get("pid"))
+                gone = state.get("host") == socket.gethostname() and pid is not None and proc.start_ticks(pid) is None
+            if gone:
+                return (str(RunStatus.FAILED), "process gone without a result (killed?); rerun resumes from the last "
+                        "checkpoint", last_log)
         it, mx = state.get("iter"), state.get("max_iters")
-        prog = f"iter {it}/{mx}" if mx else f"iter {it}"
-        if state.get("loss") is not None:
+        prog = f"iter {_text(it)}/{_text(mx)}" if mx else f"iter {_text(it)}"
+        if isinstance(state.get("loss"), (int, float)) and not isinstance(state.get("loss"), bool):
             prog += f", loss {state['loss']}"
         return str(RunStatus.RUNNING), prog, last_log
-    return state.get("state", str(RunStatus.QUEUED)), state.get("reason"), last_log
+    if st in (str(RunStatus.DONE), str(RunStatus.FAILED), str(RunStatus.CANCELLED)):
+        return st, _text(state.get("reason")), last_log
+    return str(RunStatus.QUEUED), _text(state.get("reason")), last_log
+
+
+def _pending_record(pend: Path, results_root: Path, scale: str) -> Optional[dict]:
+    """A pending job record, with its work dir pinned to the run dir its run key names (a record
+    cannot point bench at folders elsewhere); None if it is malformed."""
+    import re
+
+    from bench.results import read_json_dict, run_dir
+
+    rec = read_json_dict(pend)
+    key = rec.get("run_key")
+    if not isinstance(key, str) or not re.match(r"^[0-9a-f]{6,64}$", key):
+        return None
+    rec["work_dir"] = str(run_dir(results_root, scale, key))
+    return rec
 
 
 def table_states(table: Table, scale: str, results_root: Path, statuses=None) -> tuple[list[RowState], list[str]]:
     from bench.launch import pending_path
-    from bench.resolve import row_status
+    from bench.rowstatus import safe_row_status as row_status
 
     states, problems = [], []
     for row in table.rows:
@@ -100,9 +134,8 @@ def table_states(table: Table, scale: str, results_root: Path, statuses=None) ->
         pend = pending_path(path)
         pending = None
         if pend.exists():
-            try:
-                pending = json.loads(pend.read_text())
-            except (OSError, ValueError):
+            pending = _pending_record(pend, results_root, scale)
+            if pending is None:
                 problems.append(f"{pend}: unreadable job record")
         if path.exists():
             try:

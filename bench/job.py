@@ -7,13 +7,18 @@ executor (and SLURM) also see the job as failed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import errno
+import hashlib
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -69,9 +74,17 @@ def log_tail(work_dir: Path, n: int = 20) -> list[str]:
     return logs[-1].read_text(errors="replace").splitlines()[-n:]
 
 
+class ResultNotRecorded(RuntimeError):
+    """The run failed and its failure could not be written either (a full disk); the message says
+    why it failed and where it could not be recorded."""
+
+
 def write_state(work_dir: Path, **state: Any) -> None:
+    from bench.proc import self_identity
+
     state.setdefault("pid", os.getpid())
     state.setdefault("host", socket.gethostname())
+    state.setdefault("proc", self_identity())  # host, boot, start time, command line: `bench cancel` checks them
     state["updated"] = _now()
     atomic_write_json(Path(work_dir) / "state.json", state, durable=False)  # progress: atomic, not fsync'd
 
@@ -84,34 +97,11 @@ def count_trainable(model) -> int:
 
 
 def measure_flops(model, data: dict) -> tuple[Optional[float], str]:
-    """GFLOPs of one forward pass on a preprocessed sample (mmengine's FlopAnalyzer)."""
-    import torch
-    from mmengine.analysis import FlopAnalyzer
+    """GFLOPs of one inference forward pass on a preprocessed sample, and how they were counted (which
+    forward, which ops stay uncounted): bench/flops.py (mmengine's FlopAnalyzer plus mmcv's deformable convs)."""
+    from bench.flops import measure_flops as _measure
 
-    model.eval()
-    try:
-        inputs = data["inputs"]
-        samples = data["data_samples"]
-
-        class _Wrap(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m._forward(x, samples)
-
-        analyzer = FlopAnalyzer(_Wrap(model), (inputs,))
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
-        total = analyzer.total()
-        skipped = analyzer.unsupported_ops()
-        note = "mmengine FlopAnalyzer, one multiply-add counted as one FLOP (fvcore convention)"
-        if skipped:
-            note += "; uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(skipped.items()))
-        return total / 1e9, note
-    except Exception as e:  # noqa: BLE001 - FLOPs are best effort; say why they are missing
-        return None, f"FLOPs not measured: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return _measure(model, data)
 
 
 def _sync(cuda: bool) -> None:
@@ -242,15 +232,26 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
     if rank() != 0:
         _train_and_measure(spec, Path(spec.work_dir), resume)
         return []
+    from bench.lock import RunLock
+
+    # one live job per run key: a second `bench run` of the same rows, or a rerun beside the orphan
+    # trainer of a killed `bench run`, stops here (RunLocked) before it writes anything
+    lock = RunLock(spec.work_dir).acquire()
+    try:
+        return _run_owned(spec, resume)
+    finally:
+        lock.release()
+
+
+def _run_owned(spec: RunSpec, resume: bool) -> list[str]:
     work = Path(spec.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
     started, t0 = _now(), time.time()
-    (work / "config.json").write_text(json.dumps(spec.config, indent=2, default=str))
-    write_state(work, state="running", iter=0, max_iters=spec.overlay.get("iterations"), started=started)
     base: dict[str, Any] = dict(run_key=spec.run_key, config_hash=spec.config_hash, started_at=started,
                                 work_dir=str(work), config=spec.config, overlay=spec.overlay,
                                 git_commit=git_commit(), hostname=socket.gethostname())
     try:
+        (work / "config.json").write_text(json.dumps(spec.config, indent=2, default=str))
+        write_state(work, state="running", iter=0, max_iters=spec.overlay.get("iterations"), started=started)
         base["versions"] = _versions()
         measured, notes, measurement = _train_and_measure(spec, work, resume)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then re-raised
@@ -263,16 +264,63 @@ def run(spec: RunSpec, resume: bool = True) -> list[str]:
             raise exit_ from None
         reason = _failure_reason(e)
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"  # Ctrl-C / job.cancel()
-        base.update(status=status, failure=reason, log_tail=log_tail(work), finished_at=_now(),
+        if _disk_full(e):
+            removed = clean_partial_checkpoints(work / "train", since=t0)
+            if removed:
+                reason += f" (partial checkpoint removed: {', '.join(removed)})"
+        try:
+            tail = log_tail(work)
+        except OSError:
+            tail = []
+        base.update(status=status, failure=reason, log_tail=tail, finished_at=_now(),
                     wall_s=round(time.time() - t0, 1))
-        _results_for(spec, base)
-        write_state(work, state=status, reason=reason)
+        try:
+            _results_for(spec, base)
+            write_state(work, state=status, reason=reason)
+        except OSError as not_written:
+            where = Path(spec.targets[0]["path"]).parent if spec.targets else work
+            msg = f"{reason}; could not record it in {where}: {not_written.strerror or not_written}"
+            print(f"bench: run {spec.run_key} failed: {msg}", file=sys.stderr, flush=True)
+            raise ResultNotRecorded(msg) from e
         raise
+    measured, dropped = _finite_only(measured)
+    for k in dropped:
+        notes[k] = "measured a non-finite value (NaN or infinity): not a number, left empty"
     base.update(status="done", measured=measured, measured_notes=notes, measurement=measurement,
                 finished_at=_now(), wall_s=round(time.time() - t0, 1), log_tail=log_tail(work, 5))
-    paths = _results_for(spec, base)
-    write_state(work, state="done", iter=measurement.get("iterations"), max_iters=spec.overlay.get("iterations"))
+    try:
+        paths = _results_for(spec, base)
+        write_state(work, state="done", iter=measurement.get("iterations"), max_iters=spec.overlay.get("iterations"))
+    except OSError as not_written:
+        where = Path(spec.targets[0]["path"]).parent if spec.targets else work
+        msg = f"finished, but its result could not be written in {where}: {not_written.strerror or not_written}"
+        print(f"bench: run {spec.run_key} {msg}", file=sys.stderr, flush=True)
+        raise ResultNotRecorded(msg) from not_written
     return [str(p) for p in paths]
+
+
+def _finite_only(measured: dict) -> tuple[dict, list[str]]:
+    out, dropped = {}, []
+    for k, v in measured.items():
+        if v is not None and not math.isfinite(v):
+            out[k] = None
+            dropped.append(k)
+        else:
+            out[k] = v
+    return out, dropped
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an error it wraps) is a full disk or quota."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _finished_training(spec: RunSpec) -> Optional[dict]:
@@ -289,9 +337,14 @@ def _finished_training(spec: RunSpec) -> Optional[dict]:
         rec = json.loads(trained_pointer(spec.work_dir, spec.train_key).read_text())
     except (OSError, ValueError):
         return None
-    if rec.get("run_key") == spec.run_key or rec.get("finished_at", 0) < after:
+    if not isinstance(rec, dict) or rec.get("run_key") == spec.run_key:
         return None
-    return rec if zipfile.is_zipfile(rec.get("checkpoint", "")) else None
+    finished = rec.get("finished_at", 0)
+    if not isinstance(finished, (int, float)) or finished < after or not isinstance(rec.get("checkpoint"), str):
+        return None
+    ckpt = rec["checkpoint"]
+    ok = zipfile.is_zipfile(ckpt) and verify_checkpoint(Path(ckpt))[0] and pickles_only_allowed(Path(ckpt))[0]
+    return rec if ok else None
 
 
 def _record_training(spec: RunSpec, work: Path, runner) -> None:
@@ -305,21 +358,199 @@ def _record_training(spec: RunSpec, work: Path, runner) -> None:
             "finished_at": time.time(), "targets": [f"{t['table']}/{t['row']}" for t in spec.targets]})
 
 
-def _resume_checkpoint(train_dir: Path) -> Optional[str]:
-    """The newest complete checkpoint of an interrupted run. A kill can land while mmengine writes a
-    checkpoint (truncated file) or between deleting an old one and updating ``last_checkpoint``, so
-    the files themselves are checked rather than trusting ``last_checkpoint``."""
-    import re
+def _resume_checkpoint(train_dir: Path, skipped: Optional[list[str]] = None) -> Optional[str]:
+    """The newest complete, verified checkpoint of an interrupted run. A kill can land while mmengine
+    writes a checkpoint (truncated file) or between deleting an old one and updating
+    ``last_checkpoint``, and a disk can corrupt one (zeroed bytes keep the zip directory intact), so
+    each file must match the checksum :class:`ChecksumHook` wrote after saving it; ``skipped``
+    collects the ones refused, with why."""
     import zipfile
+
+    for p in _checkpoints(train_dir):
+        ok, why = verify_checkpoint(p) if zipfile.is_zipfile(p) else (False, "not a complete torch zip file")
+        if ok:
+            ok, why = pickles_only_allowed(p)
+        if ok:
+            return str(p)
+        if skipped is not None:
+            skipped.append(f"{p.name}: {why}")
+    return None
+
+
+# ------------------------------------------------------------------------------- checkpoint files
+def _checkpoints(train_dir: Path) -> list[Path]:
+    """iter_*.pth / epoch_*.pth in ``train_dir``, newest (highest number) first."""
+    import re
 
     def number(p: Path) -> int:
         m = re.search(r"(\d+)\.pth$", p.name)
         return int(m.group(1)) if m else -1
 
-    for p in sorted([*train_dir.glob("iter_*.pth"), *train_dir.glob("epoch_*.pth")], key=number, reverse=True):
-        if zipfile.is_zipfile(p):  # torch.save's zip format: a truncated file has no central directory
-            return str(p)
-    return None
+    return sorted([*Path(train_dir).glob("iter_*.pth"), *Path(train_dir).glob("epoch_*.pth")], key=number, reverse=True)
+
+
+def _sidecar(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksum(ckpt: Path) -> None:
+    """``<checkpoint>.sha256``: '<sha256> <size>' of the file as saved (atomically written)."""
+    from bench.results import atomic_write_json
+
+    atomic_write_json(_sidecar(ckpt), {"sha256": file_sha256(ckpt), "size": ckpt.stat().st_size})
+
+
+def verify_checkpoint(ckpt: Path) -> tuple[bool, str]:
+    """(True, '') if ``ckpt`` matches the checksum written after it was saved; else (False, why)."""
+    from bench.results import read_json_dict
+
+    rec = read_json_dict(_sidecar(ckpt))
+    if not rec:
+        return False, "no checksum recorded after it was saved (incomplete, or not written by this bench)"
+    try:
+        size = ckpt.stat().st_size
+        if rec.get("size") != size:
+            return False, f"size {size} differs from the {rec.get('size')} bytes saved"
+        if rec.get("sha256") != file_sha256(ckpt):
+            return False, "checksum mismatch: the file changed after it was saved (corrupted)"
+    except OSError as e:
+        return False, f"unreadable: {e.strerror or e}"
+    return True, ""
+
+
+def clean_partial_checkpoints(train_dir: Path, since: float) -> list[str]:
+    """Delete the checkpoint files this job began writing and never finished (no checksum: the save
+    failed, e.g. on a full disk). Only files modified since ``since`` (this job's start) are touched."""
+    removed = []
+    for p in _checkpoints(train_dir):
+        try:
+            if p.stat().st_mtime >= since - 1 and not _sidecar(p).exists():
+                p.unlink()
+                removed.append(p.name)
+        except OSError:
+            continue
+    return removed
+
+
+class ChecksumHook:
+    """An mmengine hook, registered after CheckpointHook (priority LOWEST): each checkpoint file the
+    run saves gets its checksum beside it; the checksums of deleted ones (max_keep_ckpts) go too."""
+
+    priority = "LOWEST"
+
+    def __init__(self, train_dir: Path):
+        self.train_dir = Path(train_dir)
+        self._dir_mtime = None
+
+    def _scan(self) -> None:
+        try:
+            mtime = self.train_dir.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._dir_mtime:
+            return  # no file created or deleted since the last look
+        for p in _checkpoints(self.train_dir):
+            side = _sidecar(p)
+            if not side.exists() or side.stat().st_mtime_ns < p.stat().st_mtime_ns:
+                write_checksum(p)
+        for side in self.train_dir.glob("*.pth.sha256"):
+            if not side.with_name(side.name[: -len(".sha256")]).exists():
+                side.unlink(missing_ok=True)
+        self._dir_mtime = self.train_dir.stat().st_mtime_ns
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self._scan()
+
+    def after_train_epoch(self, runner) -> None:
+        self._scan()
+
+    def after_train(self, runner) -> None:
+        self._scan()
+
+
+def _mmengine_hook(train_dir: Path):
+    """:class:`ChecksumHook` as a real mmengine Hook (built lazily: mmengine is imported by the job only)."""
+    from mmengine.hooks import Hook
+
+    cls = type("BenchChecksumHook", (ChecksumHook, Hook), {})
+    return cls(train_dir)
+
+
+def checkpoint_safe_globals() -> list:
+    """What an mmengine 0.10.7 checkpoint pickles besides tensors and plain containers, allowed for
+    ``torch.load(weights_only=True)``: the message hub's HistoryBuffer (numpy arrays and scalars
+    inside), numpy's array reconstruction, dtypes and scalar types, and the config classes that
+    ``meta`` may carry. Nothing here runs code when unpickled beyond building those objects."""
+    import numpy as np
+    from mmengine.config import ConfigDict
+    from mmengine.logging import HistoryBuffer
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
+                                           np.int8, np.uint8, np.bool_, np.uint16, np.uint32, np.uint64)]
+    return [HistoryBuffer, ConfigDict, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes,
+            (_history_buffer_getattr, "builtins.getattr")]
+
+
+def _history_buffer_getattr(obj, name):
+    """The one ``getattr`` an mmengine checkpoint needs: HistoryBuffer's statistics methods (its class
+    attribute ``_statistics_methods`` pickles ``getattr(HistoryBuffer, 'min')`` and the like). Any
+    other getattr in a checkpoint is refused."""
+    import pickle
+
+    from mmengine.logging import HistoryBuffer
+
+    allowed = {"min", "max", "mean", "current", *HistoryBuffer._statistics_methods}  # filled by __init__
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"checkpoint asks for getattr({obj!r}, {name!r}): refused")
+
+
+def pickles_only_allowed(ckpt: Path) -> tuple[bool, str]:
+    """(True, '') if the checkpoint's pickle names only allow-listed globals (read statically: nothing
+    in it runs); else (False, which globals)."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            bad = torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+    except Exception as e:  # noqa: BLE001 - an unreadable pickle is simply not resumed from
+        return False, f"unreadable pickle: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if bad:
+        return False, "refused: it pickles code outside the checkpoint allow-list: " + ", ".join(sorted(bad)[:5])
+    return True, ""
+
+
+@contextlib.contextmanager
+def safe_checkpoint_loading():
+    """Every torch.load inside (mmengine's resume and load_from included) runs with
+    ``weights_only=True`` and the allow-list above: a checkpoint is data, and a results folder may be
+    shared, so a pickle that would import or call anything else is refused ("Unsupported global")."""
+    import torch
+
+    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def requeue_exit(e: BaseException) -> Optional[SystemExit]:
@@ -367,14 +598,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         from bench.data import synth
 
         synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
-    # mmengine 0.10.7 calls torch.load without weights_only; torch >= 2.6 defaults it to True and refuses
-    # mmengine's own checkpoints (they pickle the message hub). They are the run's own files: trusted.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg = Config(copy.deepcopy(spec.config))  # the spec travels again if the job is requeued: keep it pristine
     cfg.work_dir = str(work / "train")
     if rank() == 0:
         cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
-    resumed_from = _resume_checkpoint(work / "train") if resume else None
+    refused: list[str] = []
+    resumed_from = _resume_checkpoint(work / "train", refused) if resume else None
     trained = _finished_training(spec) if not resumed_from else None
     if trained:  # differs from a finished run only at test time: evaluate its weights, train nothing
         cfg.load_from = trained["checkpoint"]
@@ -388,10 +617,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         cfg.launcher = "slurm" if "SLURM_PROCID" in os.environ else "pytorch"
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "nccl"
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(_mmengine_hook(work / "train"), priority="LOWEST")
     phases["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
     if not trained:
-        runner.train()
+        with safe_checkpoint_loading():  # mmengine loads the resumed checkpoint inside train()
+            runner.train()
         if rank() == 0 and spec.train_key:
             _record_training(spec, work, runner)
     phases["train"] = time.perf_counter() - t
@@ -401,7 +632,8 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if spec.gpus <= 1 and cfg.test_dataloader.get("batch_size", 1) == 1:
         probe = SpeedProbe(model, spec.scale_cfg["speed_images"])
     try:
-        metrics = runner.test()
+        with safe_checkpoint_loading():  # an evaluation-only run loads its weights (load_from) here
+            metrics = runner.test()
     finally:
         if probe is not None:
             probe.remove()
@@ -459,6 +691,8 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         device=device_description(), speed_protocol=proto, flops_note=flops_note)
     m = measurement.model_dump(mode="json")
     m["resumed_from"] = resumed_from
+    if refused:
+        m["resume_refused"] = refused
     if trained:
         m["trained_by"] = (f"run {trained['run_key']} ({trained['checkpoint']}): the same training, "
                            "this row differs only at test time")

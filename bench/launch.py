@@ -13,8 +13,9 @@ these files (and the run's ``state.json``) from any process.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import errno
 import os
+import re
 import signal
 import sys
 import time
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bench import proc
+from bench.lock import RunLocked, describe, holder
 from bench.plan import RunSpec
-from bench.results import Result, atomic_write_json, read_result, ResultReadError, write_result
+from bench.results import Result, atomic_write_json, read_json_dict, read_result, ResultReadError, write_result
 
 
 def _now() -> str:
@@ -35,9 +38,16 @@ def pending_path(result_file: str | Path) -> Path:
     return p.with_name(p.stem + ".pending.json")
 
 
-def mark_pending(spec: RunSpec, executor: str, job_id: Optional[str], folder: Optional[str]) -> None:
+def mark_pending(spec: RunSpec, executor: str, job_id: Optional[str], folder: Optional[str],
+                 job_proc: Optional[dict] = None) -> None:
+    """Record a queued or submitted run. ``launcher`` identifies this process (a queued row whose
+    launcher died is not queued any more); ``job_proc`` the local job's process, which `bench cancel`
+    signals only while it still is that process."""
     rec = {"run_key": spec.run_key, "work_dir": spec.work_dir, "executor": executor, "job_id": job_id,
-           "folder": folder, "submitted_at": _now(), "targets": [f"{t['table']}/{t['row']}" for t in spec.targets]}
+           "folder": folder, "submitted_at": _now(), "targets": [f"{t['table']}/{t['row']}" for t in spec.targets],
+           "launcher": proc.self_identity()}
+    if job_proc:
+        rec["job_proc"] = job_proc
     atomic_write_json(Path(spec.work_dir) / "job.json", rec)
     for t in spec.targets:
         atomic_write_json(pending_path(t["path"]), rec)
@@ -51,10 +61,20 @@ def clear_pending(spec: RunSpec) -> None:
             pass
 
 
-def record_unfinished(spec: RunSpec, reason: str, status: str = "failed") -> None:
-    """A job that died without writing its results (killed, lost): write failed/cancelled records."""
+def record_unfinished(spec: RunSpec, reason: str, status: str = "failed") -> Optional[str]:
+    """A job that died without writing its results (killed, lost): write failed/cancelled records.
+    Returns None, or where the record could not be written and why (a full disk): the caller says so,
+    and the batch goes on."""
     from bench.job import log_tail
 
+    try:
+        _record_unfinished(spec, reason, status, log_tail)
+    except OSError as e:
+        return f"could not record it in {Path(spec.targets[0]['path']).parent}: {e.strerror or e}"
+    return None
+
+
+def _record_unfinished(spec: RunSpec, reason: str, status: str, log_tail) -> None:
     for t in spec.targets:
         path = Path(t["path"])
         try:
@@ -72,18 +92,28 @@ def record_unfinished(spec: RunSpec, reason: str, status: str = "failed") -> Non
 
 def _job_entry(spec: RunSpec) -> list[str]:
     """What a submitted job executes (module-level so submitit can pickle it)."""
-    from bench.job import run
+    from bench.job import ResultNotRecorded, run
 
     os.environ.update(local_dist_env())
     try:
         out = run(spec)
-    except SystemExit:
-        raise  # requeued by submitit: the job record stays pending
-    except BaseException:
-        clear_pending(spec)
+    except (SystemExit, RunLocked, ResultNotRecorded):
+        # requeued by submitit: the job record stays pending; another live job owns the run key: its
+        # records are not ours to clear; the failure could not be written: the pending record (and the
+        # dead PID in state.json) is what still tells `bench status` the run ended without a result
         raise
-    clear_pending(spec)
+    except BaseException:
+        _clear_pending_quietly(spec)
+        raise
+    _clear_pending_quietly(spec)
     return out
+
+
+def _clear_pending_quietly(spec: RunSpec) -> None:
+    try:
+        clear_pending(spec)
+    except OSError:
+        pass
 
 
 def _last_line(text: str) -> str:
@@ -108,16 +138,56 @@ class Outcome:
     spec: RunSpec
     ok: bool
     detail: str
+    skipped: bool = False  # not started here: another live job owns the run key
 
 
 Progress = Callable[[RunSpec, dict], None]
 
 
 def read_state(work_dir: str | Path) -> dict:
-    try:
-        return json.loads((Path(work_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    """The run's state.json as a mapping ({} if missing, unreadable, or not a mapping)."""
+    return read_json_dict(Path(work_dir) / "state.json")
+
+
+def locked_elsewhere(spec: RunSpec) -> Optional[str]:
+    """'running in PID N on HOST ...' if another live job owns this run key, else None."""
+    owner = holder(spec.work_dir)
+    if owner is None or (owner.get("pid") == os.getpid() and owner.get("host") == proc.self_identity()["host"]):
+        return None
+    return describe(owner, Path(spec.work_dir))
+
+
+def skip_locked(runs: list[RunSpec]) -> tuple[list[RunSpec], list[Outcome]]:
+    """Split off the runs another live job owns (a second `bench run` of the same rows, or the orphan
+    trainer of a killed `bench run`): they are not started again."""
+    free, skipped = [], []
+    for spec in runs:
+        owner = locked_elsewhere(spec)
+        if owner:
+            skipped.append(Outcome(spec, False, f"skipped: {owner}", skipped=True))
+        else:
+            free.append(spec)
+    return free, skipped
+
+
+def start_clean(runs: list[RunSpec]) -> list[str]:
+    """``--force``: each run starts from scratch. Its old work dir (checkpoints, logs) is moved aside to
+    ``runs/<key>.replaced-<time>/``, never deleted; a run another live job owns is left alone (the
+    launcher skips it). Returns one line per moved folder."""
+    lines = []
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for spec in runs:
+        work = Path(spec.work_dir)
+        if not work.exists() or locked_elsewhere(spec):
+            continue
+        dest = work.with_name(f"{work.name}.replaced-{stamp}")
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = work.with_name(f"{work.name}.replaced-{stamp}-{n}")
+        os.rename(work, dest)
+        lines.append(f"--force: moved the old work dir of run {work.name} aside to {dest}")
+    return lines
 
 
 class LaunchError(RuntimeError):
@@ -185,12 +255,44 @@ def check_local_gpus(runs: list[RunSpec], ids: Optional[list[str]] = None) -> No
             raise LaunchError(f"{rows}: the run needs {spec.gpus} GPU(s) and this machine shows {shown}. {fix}")
 
 
+def _bench_local_executor_class():
+    """submitit's LocalExecutor, with bench's controller (:mod:`bench.local_controller`) in place of
+    submitit's: the same controller protocol (submitit's ``start_controller`` environment), plus a
+    record of how each task ended."""
+    import shlex
+    import subprocess
+
+    import submitit
+    from submitit.local.local import LocalJob
+
+    class BenchLocalExecutor(submitit.LocalExecutor):
+        def _submit_command(self, command: str):
+            ntasks = self.parameters.get("tasks_per_node", 1)
+            n_gpus = self.parameters.get("gpus_per_node", 0)
+            visible = self.parameters.get("visible_gpus", ())
+            gpus = range(n_gpus) if visible == () else visible[:n_gpus]
+            setup = list(self.parameters.get("setup", ()))
+            env = dict(os.environ)
+            env.update(SUBMITIT_LOCAL_NTASKS=str(ntasks), SUBMITIT_LOCAL_COMMAND=command,
+                       SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", 2.0))),
+                       SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
+                       SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+                       SUBMITIT_STDERR_TO_STDOUT="1" if self.parameters.get("stderr_to_stdout") else "",
+                       SUBMITIT_EXECUTOR="local", CUDA_VISIBLE_DEVICES=",".join(str(k) for k in gpus),
+                       SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "")
+            cmd: Any = [sys.executable, "-m", "bench.local_controller", str(self.folder)]
+            if setup:
+                cmd = " && ".join(setup + [shlex.join(cmd)])
+            process = subprocess.Popen(cmd, shell=bool(setup), env=env)  # noqa: S602 - bench's own setup lines
+            return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
+
+    return BenchLocalExecutor
+
+
 def local_executor(folder: Path, timeout_min: int, gpus: list[str]):
     """submitit's LocalExecutor for one run on the GPUs ``gpus`` (none: CPU; the job sees no GPU).
     One task per GPU; :func:`local_dist_env` turns submitit's task ids into torch.distributed's."""
-    import submitit
-
-    ex = submitit.LocalExecutor(folder=folder)
+    ex = _bench_local_executor_class()(folder=folder)
     params: dict = dict(timeout_min=timeout_min, tasks_per_node=max(1, len(gpus)), gpus_per_node=len(gpus))
     if all(g.isdigit() for g in gpus):
         params["visible_gpus"] = tuple(int(g) for g in gpus)
@@ -213,13 +315,28 @@ def local_dist_env(env: Optional[dict] = None) -> dict[str, str]:
             "MASTER_PORT": str(20000 + int(env.get("SUBMITIT_LOCAL_JOB_ID", "0")) % 20000)}
 
 
+def _mark_or_outcome(spec: RunSpec, *args, **kw) -> Optional[Outcome]:
+    """mark_pending, or the failed Outcome if the record cannot be written (a full disk)."""
+    try:
+        mark_pending(spec, *args, **kw)
+    except OSError as e:
+        return Outcome(spec, False, f"not started: could not write its job record in "
+                                    f"{Path(spec.targets[0]['path']).parent}: {e.strerror or e}")
+    return None
+
+
 def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> list[Outcome]:
-    out = []
+    runs, out = skip_locked(runs)
     for spec in runs:
-        mark_pending(spec, "inline", str(os.getpid()), None)
+        bad = _mark_or_outcome(spec, "inline", str(os.getpid()), None, job_proc=proc.self_identity())
+        if bad:
+            out.append(bad)
+            continue
         try:
             _job_entry(spec)
             out.append(Outcome(spec, True, "done"))
+        except RunLocked as e:  # another job took the run key between the check and the start
+            out.append(Outcome(spec, False, f"skipped: {e}", skipped=True))
         except Exception as e:  # noqa: BLE001 - the job recorded the failure; the batch goes on
             out.append(Outcome(spec, False, f"{type(e).__name__}: {e}"))
         if on_progress:
@@ -227,15 +344,59 @@ def run_inline(runs: list[RunSpec], on_progress: Optional[Progress] = None) -> l
     return out
 
 
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def _killed_reason(spec: RunSpec, job) -> Optional[str]:
+    """'killed (signal 9: SIGKILL)' when the job process died by a signal, as far as this launcher
+    can see it: the exit status of the job's task (recorded by bench's controller), or that of the
+    controller itself; else, a training process that is gone without writing anything."""
+    codes = _task_exit_codes(job)
+    sig = next((-c for c in codes if isinstance(c, int) and c < 0), None)
+    if sig is None:
+        ctl = getattr(getattr(job, "_process", None), "returncode", None)
+        sig = -ctl if isinstance(ctl, int) and ctl < 0 else None
+    if sig is not None:
+        return f"killed (signal {sig}: {_signal_name(sig)})"
+    state = read_state(spec.work_dir)
+    if state.get("state") == "running" and proc.alive(state.get("proc")) is False:
+        return f"killed: the training process (PID {state.get('pid')}) ended without a result or a recorded failure"
+    return None
+
+
+def _task_exit_codes(job) -> list:
+    rec = read_json_dict(Path(job.paths.folder) / f"{job.job_id}_exit_codes.json") if hasattr(job, "paths") else {}
+    codes = rec.get("exit_codes")
+    return codes if isinstance(codes, list) else []
+
+
+def _job_failure(spec: RunSpec, job, e: BaseException) -> Outcome:
+    """The Outcome of a local job that ended with an error; records it unless another job owns the key."""
+    text = str(e)
+    if "RunLocked" in text:
+        owner = locked_elsewhere(spec)
+        return Outcome(spec, False, f"skipped: {owner or 'another job owns the run key'}", skipped=True)
+    detail = _failure_of(spec) or _killed_reason(spec, job) or _last_line(text) or type(e).__name__
+    not_recorded = record_unfinished(spec, f"job {job.job_id} ended without a result: {detail}")
+    if not_recorded:
+        return Outcome(spec, False, f"{detail} ({not_recorded})")  # the pending record stays
+    _clear_pending_quietly(spec)
+    return Outcome(spec, False, detail)
+
+
 def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[Progress] = None,
               poll_s: float = 1.0, timeout_min: int = 24 * 60, gpus: Optional[list[str]] = None) -> list[Outcome]:
     """Each run in its own process through submitit's LocalExecutor, ``max_parallel`` at a time; a run
-    that needs GPUs gets its own (``gpus``: the ids to share out, default those visible here)."""
+    that needs GPUs gets its own (``gpus``: the ids to share out, default those visible here). A run
+    another live job owns is skipped; a run that cannot even be recorded (a full disk) fails alone."""
     slots = GpuSlots(gpu_ids() if gpus is None else gpus)
     check_local_gpus(runs, slots.ids)
-    queue = list(runs)
+    queue, outcomes = skip_locked(list(runs))
     active: list[tuple[RunSpec, Any, list[str]]] = []
-    outcomes: list[Outcome] = []
     interrupted = False
 
     def _stop(signum, frame):  # Ctrl-C: cancel what runs, record it, keep checkpoints for resume
@@ -243,8 +404,11 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
         interrupted = True
 
     old = signal.signal(signal.SIGINT, _stop)
-    for spec in queue:  # visible to `bench status` as queued until a slot frees
-        mark_pending(spec, "local", None, str(Path(spec.work_dir) / "submitit"))
+    for spec in list(queue):  # visible to `bench status` as queued until a slot frees
+        bad = _mark_or_outcome(spec, "local", None, str(Path(spec.work_dir) / "submitit"))
+        if bad:
+            queue.remove(spec)
+            outcomes.append(bad)
     try:
         while (queue or active) and not interrupted:
             while queue and len(active) < max_parallel:
@@ -255,13 +419,31 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                     continue
                 if spec.train_key and any(a[0].train_key == spec.train_key for a in active):
                     break  # differs from a running job only at test time: waits to evaluate its training
+                owner = locked_elsewhere(spec)
+                if owner:  # started by another command while this one waited
+                    queue.pop(0)
+                    outcomes.append(Outcome(spec, False, f"skipped: {owner}", skipped=True))
+                    continue
                 got = slots.take(spec.gpus)
                 if got is None:
                     break  # waits (in order) until a running job gives its GPUs back
                 queue.pop(0)
                 folder = Path(spec.work_dir) / "submitit"
-                job = local_executor(folder, timeout_min, got).submit(_job_entry, spec)
-                mark_pending(spec, "local", str(job.job_id), str(folder))
+                try:
+                    job = local_executor(folder, timeout_min, got).submit(_job_entry, spec)
+                except OSError as e:  # submitit writes the job's pickle and script first: a full disk
+                    slots.give(got)
+                    reason = f"not started: submitit could not write the job in {folder}: {e.strerror or e}"
+                    not_recorded = record_unfinished(spec, reason)
+                    if not not_recorded:
+                        _clear_pending_quietly(spec)
+                    outcomes.append(Outcome(spec, False, reason + (f" ({not_recorded})" if not_recorded else "")))
+                    continue
+                job_proc = proc.identity(int(job.job_id)) if str(job.job_id).isdigit() else None
+                try:
+                    mark_pending(spec, "local", str(job.job_id), str(folder), job_proc=job_proc)
+                except OSError:
+                    pass  # the queued record stays; the job itself reports how it ends
                 active.append((spec, job, got))
             # wake up soon after a job ends (a cheap process check), report progress every poll_s
             deadline = time.monotonic() + poll_s
@@ -279,29 +461,65 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                     job.result()
                     outcomes.append(Outcome(spec, True, "done"))
                 except Exception as e:  # noqa: BLE001
-                    detail = _failure_of(spec) or _last_line(str(e)) or type(e).__name__
-                    record_unfinished(spec, f"job {job.job_id} ended without a result: {detail}")
-                    clear_pending(spec)
-                    outcomes.append(Outcome(spec, False, detail))
+                    outcomes.append(_job_failure(spec, job, e))
                 if on_progress:
                     on_progress(spec, read_state(spec.work_dir) | {"finished": True})
     finally:
         signal.signal(signal.SIGINT, old)
         if interrupted:
             for spec in queue:
-                clear_pending(spec)
+                _clear_pending_quietly(spec)
             for spec, job, _ in active:
                 job.cancel()
                 record_unfinished(spec, "cancelled by the user (Ctrl-C); rerun to resume from the last checkpoint",
                                   status="cancelled")
-                clear_pending(spec)
+                _clear_pending_quietly(spec)
                 outcomes.append(Outcome(spec, False, "cancelled"))
     return outcomes
 
 
+# ---------------------------------------------------------------------------------------- cancel
+_RUN_KEY = re.compile(r"^[0-9a-f]{6,64}$")
+_SLURM_ID = re.compile(r"^\d{1,12}(_\d{1,9})?$")
+
+
+def _is_bench_job(pid: int, work_dir: Path, executor: str) -> bool:
+    """Whether the live process ``pid`` runs this run's job: submitit's controller or task for the
+    run's own submitit folder, or (inline) a `bench run` process."""
+    words = proc.cmdline_text(pid, limit=4096).split()
+    if executor == "local":
+        folder = str(work_dir / "submitit")
+        return any(w.strip("'\"") == folder for w in words) and any("submitit" in w for w in words)
+    return any(Path(w).name == "bench" or w == "bench.cli" for w in words) and "run" in words
+
+
+def _signal_verified(rec: Any, work_dir: Path, executor: str, what: str) -> str:
+    """Send SIGTERM to the recorded process only if it verifiably still is this run's job; say what happened."""
+    if not isinstance(rec, dict):
+        return f"{what}: no process record (start time, command line): not signalled"
+    ok, why = proc.verify(rec)
+    pid = proc.parse_pid(rec.get("pid"))
+    if ok and pid == os.getpid():
+        return f"{what}: PID {pid} is this process: not signalled"
+    if ok and not _is_bench_job(pid, work_dir, executor):
+        ok, why = False, f"PID {pid} does not run this run's job ({proc.cmdline_text(pid, 80)!r})"
+    if not ok:
+        return f"{what}: not signalled: {why}"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"{what}: PID {pid} ended meanwhile"
+    return f"{what}: sent SIGTERM to PID {pid}"
+
+
 def cancel_rows(table, rows, scale: str, results_root: Path) -> list[str]:
-    """Cancel the jobs of ``rows`` that have a pending record; write 'cancelled' results for them."""
-    from bench.results import result_path
+    """Cancel the jobs of ``rows`` that have a pending record; write 'cancelled' results for them.
+
+    The records come from a results folder, which may be shared or stale: a PID is signalled only if
+    its process is verifiably the run's job (host, boot, start time and command line as recorded, and
+    its command line runs this run's job); a SLURM id only if it looks like one (scancel asks SLURM,
+    which owns it)."""
+    from bench.results import result_path, run_dir
 
     lines: list[str] = []
     jobs: dict[str, dict] = {}
@@ -310,28 +528,40 @@ def cancel_rows(table, rows, scale: str, results_root: Path) -> list[str]:
         pend = pending_path(path)
         if not pend.exists():
             continue
-        rec = json.loads(pend.read_text())
-        jobs.setdefault(f"{rec['executor']}:{rec['job_id']}", rec)
-        state = read_state(rec["work_dir"])
-        res = Result(status="cancelled", table=table.name, row=row.id, label=row.label, run_key=rec["run_key"],
+        rec = read_json_dict(pend)
+        run_key = rec.get("run_key")
+        executor, job_id = rec.get("executor"), rec.get("job_id")
+        if not isinstance(run_key, str) or not _RUN_KEY.match(run_key) or executor not in ("local", "inline", "slurm"):
+            lines.append(f"{table.name}/{row.id}: malformed job record {pend}: removed, nothing signalled")
+            pend.unlink(missing_ok=True)
+            continue
+        work = run_dir(results_root, scale, run_key)  # never a work_dir the record names elsewhere
+        rec["work_dir"] = str(work)
+        jobs.setdefault(f"{executor}:{job_id}", rec)
+        state = read_state(work)
+        it = state.get("iter")
+        res = Result(status="cancelled", table=table.name, row=row.id, label=row.label, run_key=run_key,
                      config_hash="", published=dict(row.published), failure="cancelled by the user (bench cancel)",
-                     finished_at=_now(), work_dir=rec["work_dir"],
-                     log_tail=[f"cancelled at iteration {state.get('iter')}"] if state.get("iter") else [])
+                     finished_at=_now(), work_dir=str(work),
+                     log_tail=[f"cancelled at iteration {it}"] if isinstance(it, int) and not isinstance(it, bool) else [])
         write_result(path, res)
         pend.unlink(missing_ok=True)
-        lines.append(f"{table.name}/{row.id}: cancelled ({rec['executor']} job {rec['job_id']})")
+        lines.append(f"{table.name}/{row.id}: cancelled ({executor} job {job_id})")
     for key, rec in jobs.items():
         executor, job_id = key.split(":", 1)
+        work = Path(rec["work_dir"])
         if executor == "slurm":
+            if not _SLURM_ID.match(job_id):
+                lines.append(f"  slurm job {job_id!r}: not a SLURM job id: not cancelled")
+                continue
             from bench.cluster import cancel
 
             cancel([job_id])
-        elif executor in ("local", "inline"):
-            state = read_state(rec["work_dir"])
-            for pid in {state.get("pid"), int(job_id) if job_id.isdigit() and executor == "local" else None}:
-                if pid and pid != os.getpid():
-                    try:
-                        os.kill(int(pid), signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+            lines.append(f"  slurm job {job_id}: scancel")
+            continue
+        state = read_state(work)
+        if state.get("state") in ("running", None) and state:
+            lines.append("  " + _signal_verified(state.get("proc"), work, executor, "training process"))
+        if executor == "local" and rec.get("job_proc"):
+            lines.append("  " + _signal_verified(rec.get("job_proc"), work, executor, f"local job {job_id}"))
     return lines

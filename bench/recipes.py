@@ -22,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.vocab import METRIC_KEYS
 
+ROW_ID_MAX = 64  # a row id names a file (results/<scale>/<paper>/<table>/<row>.json): keep it short
 ROW_ID = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+#: limits on what a recipe file may expand to (YAML aliases can multiply a small file: "alias bombs")
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 200_000
+MAX_DEPTH = 64
 PAPERS = ("csr-d2s", "amf-sparseinst", "isda", "sa-fpn", "sbr-cnn")
 
 
@@ -32,7 +37,9 @@ class RecipeError(ValueError):
 
 # --------------------------------------------------------------------------------------- schema
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # NaN and infinities are refused everywhere (published cells, tolerances, lr...): they compare as
+    # nothing and strict JSON parsers reject the `--json` output that would carry them
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 Scalar = Union[bool, int, float, str, None]
@@ -81,15 +88,15 @@ class TrainSpec(_Strict):
     dataset: Literal["coco", "cityscapes"] = "coco"
     train_split: Optional[str] = None
     eval_split: Optional[Literal["val2017", "test-dev", "minival", "cityscapes-val", "cityscapes-test"]] = None
-    epochs: Optional[int] = None
-    iters: Optional[int] = None
-    batch_size: Optional[int] = Field(None, description="total images per iteration over all GPUs")
-    gpus: Optional[int] = None
+    epochs: Optional[int] = Field(None, ge=1, le=10_000)
+    iters: Optional[int] = Field(None, ge=1, le=100_000_000)
+    batch_size: Optional[int] = Field(None, ge=1, le=65_536, description="total images per iteration over all GPUs")
+    gpus: Optional[int] = Field(None, ge=1, le=4_096)
     gpu_model: Optional[str] = None
     optimizer: Optional[str] = None
-    lr: Optional[float] = None
-    momentum: Optional[float] = None
-    weight_decay: Optional[float] = None
+    lr: Optional[float] = Field(None, gt=0)
+    momentum: Optional[float] = Field(None, ge=0, le=1)
+    weight_decay: Optional[float] = Field(None, ge=0)
     lr_schedule: Optional[str] = Field(None, description="e.g. 'step', 'poly', 'cosine'")
     lr_steps: Optional[list[int]] = Field(None, description="epochs (or iterations) where the lr decays")
     warmup: Optional[str] = None
@@ -99,7 +106,14 @@ class TrainSpec(_Strict):
     backbone: Optional[str] = None
     pretrain: Optional[str] = None
     augmentation: Optional[str] = None
-    seeds: Optional[int] = None
+    seeds: Optional[int] = Field(None, ge=1, le=1_000)
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _steps(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and any(s < 1 or s > 100_000_000 for s in v):
+            raise ValueError("lr steps must be positive epoch or iteration numbers")
+        return v
 
     @model_validator(mode="after")
     def _schedule(self) -> "TrainSpec":
@@ -126,8 +140,18 @@ class Row(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
+        if len(v) > ROW_ID_MAX:
+            raise ValueError(f"row id {v[:20]!r}... is {len(v)} characters long; at most {ROW_ID_MAX}")
         if not ROW_ID.match(v):
             raise ValueError(f"row id {v!r} must be lower-case letters, digits and . _ + - (a stable slug)")
+        return v
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: dict) -> dict:
+        for key, tol in v.items():
+            if tol < 0:
+                raise ValueError(f"tolerance.{key} must be >= 0, got {tol}")
         return v
 
     @field_validator("published", "published_notes", "tolerance")
@@ -158,6 +182,14 @@ class Table(_Strict):
     tolerance: dict[str, float] = {}
     notes: list[str] = []
     rows: list[Row]
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: dict) -> dict:
+        for key, tol in v.items():
+            if tol < 0:
+                raise ValueError(f"tolerance.{key} must be >= 0, got {tol}")
+        return v
 
     @field_validator("table")
     @classmethod
@@ -228,6 +260,26 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def check_size(data: Any, path: Path | str, max_values: int = MAX_VALUES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than ``max_depth`` or holding more than ``max_values`` values once
+    its YAML aliases are expanded (a few lines of anchors can stand for billions of values, which
+    validation would then walk). Iterative: a self-referencing alias cannot loop or recurse."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > max_values:
+            raise RecipeError(f"{path}: expands to more than {max_values} values (YAML aliases?): refused")
+        if depth > max_depth:
+            raise RecipeError(f"{path}: nested too deeply (more than {max_depth} levels)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            count += len(node)  # the keys
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def deep_merge(base: Any, over: Any) -> Any:
     """Mappings merge key by key (``over`` wins); anything else is replaced by ``over``."""
     if isinstance(base, dict) and isinstance(over, dict):
@@ -244,12 +296,20 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in _stack:
         raise RecipeError(f"{path}: include cycle: {' -> '.join(str(p) for p in _stack + (path,))}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_StrictLoader)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise RecipeError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB: not a recipe")
+        data = yaml.load(raw.decode("utf-8"), Loader=_StrictLoader)
     except OSError as e:
         raise RecipeError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply (more than {MAX_DEPTH} levels)") from None
+    check_size(data, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

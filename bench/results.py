@@ -9,12 +9,13 @@ A run (one training) may serve several rows of several tables; each row gets its
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.vocab import METRIC_KEYS
 
@@ -50,6 +51,7 @@ class Measurement(BaseModel):
     speed_protocol: Optional[str] = None
     flops_note: Optional[str] = None
     resumed_from: Optional[str] = Field(None, description="checkpoint the training resumed from, if it was interrupted")
+    resume_refused: list[str] = Field([], description="checkpoints not resumed from, with why (no or wrong checksum)")
     trained_by: Optional[str] = Field(None, description="the finished run whose weights were evaluated, when this "
                                       "row differs from it only at test time (nothing trained)")
     phases_s: dict[str, float] = Field({}, description="wall seconds of the job's phases: setup (imports, data, "
@@ -82,6 +84,14 @@ class Result(BaseModel):
     hostname: Optional[str] = None
     shared_with: list[str] = Field([], description="other table/rows served by the same run")
     executor: Optional[dict[str, Any]] = None
+
+    @field_validator("measured", "published")
+    @classmethod
+    def _finite(cls, v: dict) -> dict:
+        for key, value in v.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{key}: {value} is not a finite number")
+        return v
 
     def metric(self, key: str) -> Optional[float]:
         assert key in METRIC_KEYS, key
@@ -125,12 +135,47 @@ class ResultReadError(ValueError):
     pass
 
 
+#: a result file is a few hundred KiB at most (config + log tail); anything far larger is not one
+MAX_JSON_BYTES = 16 << 20
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def load_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Strict JSON from a file someone else may have written: no NaN/Infinity, bounded size and
+    nesting. Raises FileNotFoundError, or ValueError (with the reason) for anything unusable."""
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ValueError(f"larger than {max_bytes >> 20} MiB")
+    try:
+        return json.loads(raw.decode("utf-8", "replace"), parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_json_dict(path: Path) -> dict:
+    """A small JSON record (state.json, a pending job record): the mapping, or {} if it is missing,
+    unreadable or not a mapping. Never raises."""
+    try:
+        data = load_json(path, max_bytes=1 << 20)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_result(path: Path) -> Result:
     """Read one result file; raise ResultReadError (never anything else) if it is unusable."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(Path(path))
+        if not isinstance(data, dict):
+            raise ValueError(f"a result file holds a JSON object, not {type(data).__name__}")
         return Result.model_validate(data)
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
-        raise ResultReadError(f"{path}: unreadable result file: {str(e).splitlines()[0]}") from None
+        lines = str(e).splitlines()
+        reason = " ".join(ln.strip() for ln in lines[:3]) if lines else type(e).__name__
+        raise ResultReadError(f"{path}: unreadable result file: {reason}") from None

@@ -184,21 +184,71 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, rng: np.ra
     return {"images": len(images), "instances": len(annotations)}
 
 
+def _expected_files(manifest: dict) -> set[str] | None:
+    """The files a generated set holds (relative paths), from its manifest; None if it says too little."""
+    try:
+        spec = manifest["spec"]
+        names = {"manifest.json", "annotations/instances_train.json", "annotations/instances_val.json"}
+        for split, n in (("train", spec["train_images"]), ("val", spec["val_images"])):
+            names |= {f"{split}/{split}_{i:05d}.png" for i in range(int(n))}
+        return names
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _only_generated(out: Path, manifest: dict) -> str | None:
+    """None if ``out`` holds nothing but the files of the set its manifest describes; else the first
+    other file or folder found (which rewriting would destroy)."""
+    expected = _expected_files(manifest)
+    if expected is None:
+        return "manifest.json (unreadable spec)"
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            if rel not in ("train", "val", "annotations"):
+                return rel
+        elif rel not in expected or p.is_symlink():
+            return rel
+    return None
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
 def generate(out: Path, spec: SynthSpec = SynthSpec(), force: bool = False) -> dict:
     """Write the dataset to ``out`` (atomically: built beside it, then renamed). Returns the manifest.
 
-    If ``out`` already holds a dataset made with the same spec, it is reused unless ``force``.
+    If ``out`` already holds a dataset made with the same spec, it is reused unless ``force``. Nothing
+    this call did not create is ever deleted: a folder holding another synthetic set, or anything else,
+    is refused (FileExistsError); ``force`` rewrites a folder only if it holds nothing but the files of
+    the set its manifest describes.
     """
     out = Path(out)
     manifest_path = out / "manifest.json"
-    if manifest_path.exists() and not force:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("key") == spec.key():
-            return manifest
-    if out.exists() and any(out.iterdir()) and not manifest_path.exists():
-        raise FileExistsError(f"{out}: exists and is not a bench synthetic dataset; choose another --out")
+    old = _read_manifest(manifest_path) if manifest_path.exists() else None
+    if old is not None and not force and old.get("key") == spec.key():
+        return old
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose another --out / --data-root")
+    if out.exists() and any(out.iterdir()):
+        if old is None:
+            raise FileExistsError(f"{out}: exists and is not a bench synthetic dataset; choose another --out")
+        if old.get("key") != spec.key():
+            raise FileExistsError(
+                f"{out}: holds another synthetic dataset (key {old.get('key')!r}, this run needs {spec.key()!r}); "
+                "bench does not delete it: choose another --out / --data-root, or remove it yourself")
+        stray = _only_generated(out, old)
+        if stray is not None:
+            raise FileExistsError(f"{out}: holds {stray!r}, which the synthetic set does not: --force would delete it; "
+                                  "bench refuses. Move it away or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    aside = None
     try:
         rng = np.random.default_rng(spec.seed)
         stats = {split: _write_split(tmp, split, n, spec, rng)
@@ -206,11 +256,26 @@ def generate(out: Path, spec: SynthSpec = SynthSpec(), force: bool = False) -> d
         manifest = {"generator": "bench.data.synth", "version": GENERATOR_VERSION, "key": spec.key(),
                     "spec": asdict(spec), "classes": list(CLASSES), "splits": stats}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if force and out.exists() and any(out.iterdir()):
+            # checked above to hold only generated files; moved aside first, so a failure loses nothing
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, aside / "set")
+        try:
+            os.replace(tmp, out)  # an empty folder is replaced; a non-empty one refuses (ENOTEMPTY)
+        except OSError:
+            now = _read_manifest(manifest_path)
+            if now is not None and now.get("key") == spec.key():  # another process made the same set meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return now
+            raise FileExistsError(f"{out}: appeared while the set was generated and holds something else; "
+                                  "nothing was deleted") from None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)  # the old copy of this very set, moved aside by this call
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and (aside / "set").exists() and not out.exists():
+            os.replace(aside / "set", out)
+            shutil.rmtree(aside, ignore_errors=True)
         raise
     return manifest
 

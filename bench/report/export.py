@@ -43,15 +43,37 @@ def report_frame(views: Sequence[TableView]) -> "pd.DataFrame":
     return pd.DataFrame.from_records([row_record(v, rv) for v in views for rv in v.rows])
 
 
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: controls made visible, and a leading = + - @ (a formula
+    to Excel / LibreOffice: "=HYPERLINK(...)") defused with a quote, as OWASP advises."""
+    if not isinstance(value, str):
+        return value
+    value = text.clean(value).replace("\n", " ").replace("\t", " ")
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
 def to_csv(df: "pd.DataFrame") -> str:
-    return df.to_csv(index=False)
+    return df.map(csv_cell).to_csv(index=False)
+
+
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\n": " ", "\t": " ", "`": "\\`",
+               "[": "\\[", "]": "\\]", "\\": "\\\\"}
+
+
+def markdown_cell(value: Any) -> Any:
+    """A Markdown table cell that renders as the text it holds: HTML tags and entities escaped (a label
+    cannot inject markup), '|' and newlines cannot break the table, link syntax and backticks escaped."""
+    if not isinstance(value, str):
+        return value
+    return "".join(_MD_ESCAPES.get(ch, ch) for ch in text.clean(value))
 
 
 def to_markdown(df: "pd.DataFrame", title: str = "") -> str:
-    """GitHub Markdown; '|' inside cells is escaped so labels cannot break the table."""
+    """GitHub Markdown, every text cell escaped (:func:`markdown_cell`)."""
     shown = df.astype(object).where(df.notna(), "")
-    shown = shown.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    head = f"# {title}\n\n" if title else ""
+    shown = shown.map(markdown_cell)
+    shown.columns = [markdown_cell(str(c)) for c in shown.columns]
+    head = f"# {markdown_cell(title)}\n\n" if title else ""
     return head + shown.to_markdown(index=False) + "\n"
 
 
@@ -63,7 +85,10 @@ _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$"
 
 
 def latex_escape(value: object) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(value))
+    """TeX text: its special characters escaped, controls and invisible formatting characters (NUL,
+    U+202E) shown as <U+XXXX>, newlines as spaces (a blank line would end the table row)."""
+    cleaned = text.clean(str(value)).replace("\n", " ").replace("\t", " ")
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in cleaned)
 
 
 def _factor_latex(value: object) -> str:

@@ -30,12 +30,25 @@ def environment() -> "jinja2.Environment":
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             finalize=_finalize)
     env.filters.update(published=text.published, measured=text.measured, delta=text.delta, number=text.number,
                        signed=text.signed, noise=text.noise, claim_delta=text.claim_delta,
                        when=text.when, hardware=text.hardware)
     env.globals.update(rules=rules, version=__version__)
     return env
+
+
+def _finalize(value):
+    """Every value a template prints: control and invisible formatting characters made visible
+    (autoescaping handles markup; it lets NUL and U+202E through)."""
+    import markupsafe
+
+    if isinstance(value, markupsafe.Markup):
+        return markupsafe.Markup(text.clean(str(value)))
+    if isinstance(value, str):
+        return text.clean(value)
+    return value
 
 
 def href(target: Path, page_dir: Path) -> str:

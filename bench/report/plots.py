@@ -79,7 +79,7 @@ def _title_lines(view: TableView) -> int:
 
 def _title(fig: "Figure", view: TableView, what: str) -> str:
     t = view.table
-    title = f"{t.paper.slug} Table {t.number}: {what}"
+    title = f"{t.paper.slug} Table {_plain(t.number)}: {what}"
     if view.smoke:
         title = f"{SMOKE_BANNER}\n{title}"
     fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", color=SMOKE_COLOUR if view.smoke else "black",
@@ -87,8 +87,16 @@ def _title(fig: "Figure", view: TableView, what: str) -> str:
     return title
 
 
+def _plain(label: str) -> str:
+    """Recipe text as matplotlib draws it literally: '$' would start mathtext (a malformed formula
+    stops the whole report), controls and invisible formatting characters are made visible."""
+    from bench.report.text import clean
+
+    return clean(label).replace("\n", " ").replace("$", r"\$")
+
+
 def _short(label: str, n: int = 18) -> str:
-    return label if len(label) <= n else label[: n - 1] + "…"
+    return _plain(label if len(label) <= n else label[: n - 1] + "…")
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -257,13 +265,29 @@ def write_plots(view: TableView, out_dir: Path) -> list[Plot]:
     plots = []
     with matplotlib.rc_context(STYLE):
         for name, (title, caption, draw) in FIGURES.items():
-            fig = draw(view)
+            try:
+                fig = draw(view)
+            except (ValueError, OverflowError, RuntimeError) as e:  # data matplotlib cannot draw: no figure
+                import sys
+
+                print(f"bench report: {view.table.name}: figure {name!r} not drawn: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+                fig = None
             if fig is None:
                 for fmt in FORMATS:
                     (out_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # no stale figure from an earlier report
                 continue
             files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
-            for fmt, path in files.items():
-                fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+            try:
+                for fmt, path in files.items():
+                    fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+            except (ValueError, OverflowError, RuntimeError) as e:
+                import sys
+
+                print(f"bench report: {view.table.name}: figure {name!r} not drawn: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+                for path in files.values():
+                    path.unlink(missing_ok=True)
+                continue
             plots.append(Plot(name, title, caption, files))
     return plots

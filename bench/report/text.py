@@ -11,6 +11,19 @@ UNKNOWN = "?"    # a published cell the paper text does not show
 NOTHING = "–"    # no measured value
 MINUS = "−"
 
+# Characters no report format should carry from a recipe or a result file: C0/C1 controls (NUL ends
+# a C string in TeX tools, ESC drives terminals), and the invisible bidirectional and zero-width
+# formatting characters (U+202E shows "gpj.exe" as "exe.jpg"). Each is shown as a visible <U+XXXX>.
+_INVISIBLE = {*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
+              *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF}
+_KEEP = {0x09, 0x0A}  # tab and newline: layout, not hidden content (each format deals with them)
+_VISIBLE = {c: f"<U+{c:04X}>" for c in _INVISIBLE - _KEEP}
+
+
+def clean(value: str) -> str:
+    """``value`` with control and invisible formatting characters made visible (``<U+202E>``)."""
+    return value.translate(_VISIBLE)
+
 
 def number(value: Optional[float], decimals: int) -> str:
     if value is None or math.isnan(value):
