@@ -1,5 +1,5 @@
 """ISDA (Ying, Wang, Bai, Zhou, "ISDA: Position-aware Instance Segmentation with Deformable Attention";
-``/work/shared/papers/isda.txt``), written for mmdet 3.3 from the paper's text.
+``../shared/papers/isda.txt``), written for mmdet 3.3 from the paper's text.
 
 Model (Fig. 2, Fig. 3, Fig. 4)::
 
@@ -13,8 +13,13 @@ Model (Fig. 2, Fig. 3, Fig. 4)::
       '-> ISDAHead ('The Mask Head', Fig. 4; one shared head per decoder layer for the auxiliary losses):
             O -> Linear -> class logits P_c;  O -> FFN -> G_raw;  G_pos = [G_raw, R] (kernel positions, KP)
             masks M = G_pos (1x1 dynamic conv) MFR, at the MFR stride, resized to the image at test time
+            (|G_pos| = |MFR|: 256, or 258 with MP; with KP, G_raw has 2 entries fewer and R multiplies the
+            MFR's last two channels: the coordinate channels with MP, two learned channels without)
     Loss (Sec. 3.3): DETR's set loss (Hungarian matching, [1]) with the box loss replaced by the mask IoU loss
     1 - IoU(m, m_hat) (MaskIoULoss / MaskIoUCost); lambda_cls = 1 (sigmoid focal), lambda_mask = 3.
+    Initialisation (Sec. 4): ResNet-50 from ImageNet; "the deformable Transformer and the classification branch"
+    from a COCO Deformable DETR checkpoint (``ISDA.pretrained_parts``); neck, queries, kernel FFN, MFR head: own
+    init.
 
 Where the paper is silent, the assumptions are listed in ``isda.md`` (coordinate frame, kernel FFN depth,
 the 1/8 and 1/2 MFRs, how the two position flags meet when only one is on, inference scoring).
@@ -139,10 +144,9 @@ class ISDAMaskFeatureHead(BaseModule):
     (bilinear) to ``mask_stride`` if that is not 4 (Table 1's 1/8 and 1/2 MFRs; how the paper built them is not
     stated), and projected by a 1x1 conv + GN + ReLU to ``out_channels``.
 
-    ``forward(feats, valid_ratios, num_pos_channels)`` returns the MFR that meets the kernels:
-    ``[features, coords]`` with ``mfr_positions`` (Sec. 4.1 'two channels of normalised pixel coordinates' in the
-    mask feature), and ``num_pos_channels`` zero channels instead when the kernel carries positions (KP) without
-    MP (the recipe note's assumption)."""
+    ``forward(feats, valid_ratios)`` returns the MFR that meets the kernels: ``[features, coords]`` (258 channels)
+    with ``mfr_positions`` (Sec. 4.1 'add two channels of normalized pixel coordinates to the mask feature'), the
+    ``out_channels`` learned features (256) without."""
 
     def __init__(self, in_channels: int = 256, feat_channels: int = 128, out_channels: int = 256,
                  start_level: int = 0, end_level: int = 3, mask_stride: int = 4, mfr_positions: bool = True,
@@ -175,8 +179,12 @@ class ISDAMaskFeatureHead(BaseModule):
             self.convs_all_levels.append(stages)
         self.conv_pred = ConvModule(feat_channels, out_channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg)
 
-    def forward(self, feats: Sequence[Tensor], valid_ratios: Optional[Tensor] = None,
-                num_pos_channels: int = 0) -> Tensor:
+    @property
+    def mfr_channels(self) -> int:
+        """Channels of the MFR that meets the kernels (``out_channels`` + 2 coordinate channels with MP)."""
+        return self.out_channels + (2 if self.mfr_positions else 0)
+
+    def forward(self, feats: Sequence[Tensor], valid_ratios: Optional[Tensor] = None) -> Tensor:
         inputs = feats[self.start_level:self.end_level + 1]
         assert len(inputs) == len(self.convs_all_levels)
         fused = None
@@ -198,8 +206,6 @@ class ISDAMaskFeatureHead(BaseModule):
         mfr = self.conv_pred(fused)
         if self.mfr_positions:
             mfr = torch.cat([mfr, image_coordinates(mfr.shape[0], mfr.shape[-2:], valid_ratios, mfr)], dim=1)
-        elif num_pos_channels:
-            mfr = torch.cat([mfr, mfr.new_zeros((mfr.shape[0], num_pos_channels, *mfr.shape[-2:]))], dim=1)
         return mfr
 
 
@@ -211,7 +217,12 @@ class ISDAHead(BaseModule):
     For each decoder layer (``num_pred_layer``; one shared set of weights with ``share_pred_layer``, Fig. 3):
     the object feature O goes through a Linear classifier (Deformable DETR's classification branch) and a 3-layer
     FFN that gives G_raw; with ``kernel_positions`` the reference point R (x, y) is concatenated (G_pos); the
-    masks are the 1x1 dynamic convolution of G_pos with the MFR."""
+    masks are the 1x1 dynamic convolution of G_pos with the MFR.
+
+    The kernel is as long as the MFR (``kernel_dims = mask_feature_head.mfr_channels``: 256, or 258 with MP), so
+    G_raw has ``kernel_dims - 2`` entries with KP and R multiplies the MFR's last two channels: with MP the pixel
+    coordinates (Sec. 4.1 'the concatenated coordinate channels in MFR and the reference points in kernels are
+    multiplied'), without MP two learned feature channels (Table 2 'KP' row; see isda.md)."""
 
     def __init__(self, num_classes: int = 80, embed_dims: int = 256, num_pred_layer: int = 6,
                  share_pred_layer: bool = True, as_two_stage: bool = False, kernel_positions: bool = True,
@@ -235,10 +246,8 @@ class ISDAHead(BaseModule):
         self.train_cfg = train_cfg or {}
         self.test_cfg = test_cfg or {}
         self.mask_feature_head = MODELS.build(mask_feature_head)
-        mfr_positions = getattr(self.mask_feature_head, 'mfr_positions', False)
-        # the kernel meets MFR = [features, 2 position channels] whenever either flag is on
-        self.num_pos_channels = 2 if (kernel_positions or mfr_positions) else 0
-        self.kernel_dims = self.mask_feature_head.out_channels + self.num_pos_channels
+        # G_pos (1x1 dynamic conv) MFR: the kernel is as long as the MFR; KP takes 2 of its entries for R
+        self.kernel_dims = self.mask_feature_head.mfr_channels
         raw_dims = self.kernel_dims - (2 if kernel_positions else 0)
 
         cls_branch = nn.Linear(embed_dims, num_classes)
@@ -270,7 +279,7 @@ class ISDAHead(BaseModule):
         """``hidden_states`` (L, B, Q, C) decoder outputs, ``references`` L(+1) x (B, Q, 2) normalised reference
         points, ``mlvl_feats`` the neck outputs (P2..P6).  Returns class logits (L, B, Q, num_classes) and mask
         logits (L, B, Q, h, w) at the MFR stride."""
-        mfr = self.mask_feature_head(mlvl_feats, valid_ratios, self.num_pos_channels)
+        mfr = self.mask_feature_head(mlvl_feats, valid_ratios)
         b, d, h, w = mfr.shape
         mfr_flat = mfr.flatten(2)
         all_cls, all_masks = [], []
@@ -370,14 +379,25 @@ class ISDAHead(BaseModule):
 
 
 # --------------------------------------------------------------------------------------------- detector
+# Sec. 4: "The deformable Transformer and the classification branch in ISDA are pretrained on MS COCO"; the
+# backbone starts from ImageNet, and "these queries are learned during training with random initialization"
+# (Sec. 3.2 'Decoder').  State-dict prefixes (mmdet 3.x Deformable DETR names) loaded from the COCO checkpoint:
+# the deformable Transformer = encoder, decoder, level embeddings and the reference-point FC (mmdet 2.x's
+# DeformableDetrTransformer, the module ISDA was built on), plus the classification branch.
+COCO_PRETRAINED_PARTS = ('encoder.', 'decoder.', 'level_embed', 'reference_points_fc.', 'bbox_head.cls_branches.')
+
+
 @MODELS.register_module()
 class ISDA(DeformableDETR):
     """ISDA detector (Fig. 2): Deformable DETR (learned queries, no box refinement, not two-stage) whose encoder
     takes the neck outputs ``encoder_levels`` (P3..P6 of P2..P6, Sec. 3.2 'Encoder'), and whose head gets the
-    decoder's object features with their reference points (Fig. 3) plus all neck outputs (for the MFR)."""
+    decoder's object features with their reference points (Fig. 3) plus all neck outputs (for the MFR).
+
+    ``pretrained_parts``: state-dict prefixes taken from the model-level ``Pretrained`` checkpoint (a COCO
+    Deformable DETR); everything else keeps its own initialisation (the backbone its ImageNet ``init_cfg``)."""
 
     def __init__(self, *args, encoder_levels: Sequence[int] = (1, 2, 3, 4), bbox_head: OptConfigType = None,
-                 **kwargs) -> None:
+                 pretrained_parts: Sequence[str] = COCO_PRETRAINED_PARTS, **kwargs) -> None:
         if bbox_head is not None:
             bbox_head = copy.deepcopy(bbox_head)
             # DeformableDETR sets these itself (share = not with_box_refine, num = decoder layers)
@@ -385,16 +405,15 @@ class ISDA(DeformableDETR):
             bbox_head.pop('num_pred_layer', None)
             bbox_head.pop('as_two_stage', None)
         self.encoder_levels = tuple(encoder_levels)
+        self.pretrained_parts = tuple(pretrained_parts)
         super().__init__(*args, bbox_head=bbox_head, **kwargs)
         assert len(self.encoder_levels) == self.num_feature_levels
         assert not self.as_two_stage and not self.with_box_refine
 
     def init_weights(self) -> None:
-        """Sec. 4: 'the deformable Transformer and the classification branch in ISDA are pretrained on MS COCO'.
-        A model-level ``init_cfg=dict(type='Pretrained', checkpoint=...)`` naming a Deformable DETR checkpoint
-        (mmdet's R-50, 4 levels from C3..C5 + P6) is loaded here, after the ordinary init, with the neck's
-        1x1 laterals moved one level up (DETR's ``convs.i`` on C(i+3) -> ISDA's ``convs.i+1``; ISDA's C2 lateral
-        keeps its init) and every tensor whose shape differs (e.g. another class count) skipped."""
+        """Ordinary init first (the backbone loads its own ImageNet ``init_cfg``), then, with a model-level
+        ``init_cfg=dict(type='Pretrained', checkpoint=...)`` naming a Deformable DETR checkpoint, the tensors under
+        ``pretrained_parts`` are copied from it (Sec. 4; tensors of another shape are skipped)."""
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
             super().init_weights()
@@ -407,26 +426,23 @@ class ISDA(DeformableDETR):
         self.load_detr_checkpoint(cfg['checkpoint'])
 
     def load_detr_checkpoint(self, checkpoint: str) -> dict:
-        """Load a Deformable DETR checkpoint (see ``init_weights``); returns {'loaded': [...], 'skipped': [...]}."""
+        """Load the ``pretrained_parts`` of a Deformable DETR checkpoint (see ``init_weights``); returns
+        {'loaded': [...], 'skipped': [...]} (skipped: outside ``pretrained_parts``, absent here or another shape)."""
         from mmengine.logging import MMLogger
         from mmengine.runner.checkpoint import CheckpointLoader
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         src = ckpt.get('state_dict', ckpt)
-        n_lat = len(self.neck.convs) if hasattr(self.neck, 'convs') else 0
         own = self.state_dict()
         new, skipped = {}, []
         for k, v in src.items():
-            key = k
-            if k.startswith('neck.convs.'):
-                i = int(k.split('.')[2])
-                key = f'neck.convs.{i + n_lat - 3}.' + k.split('.', 3)[3] if n_lat > 3 else k
-            if key in own and own[key].shape == v.shape:
-                new[key] = v
+            if k.startswith(self.pretrained_parts) and k in own and own[k].shape == v.shape:
+                new[k] = v
             else:
                 skipped.append(k)
         self.load_state_dict(new, strict=False)
         MMLogger.get_current_instance().info(
-            f'ISDA: loaded {len(new)} tensors from {checkpoint}; skipped {len(skipped)}: {skipped[:8]}')
+            f'ISDA: loaded {len(new)} tensors ({", ".join(self.pretrained_parts)}) from {checkpoint}; '
+            f'skipped {len(skipped)}')
         return dict(loaded=sorted(new), skipped=skipped)
 
     def forward_transformer(self, img_feats: Tuple[Tensor], batch_data_samples: OptSampleList = None) -> Dict:
@@ -437,3 +453,11 @@ class ISDA(DeformableDETR):
         head_inputs['mlvl_feats'] = img_feats
         head_inputs['valid_ratios'] = valid_ratios_from_samples(batch_data_samples, img_feats[0])
         return head_inputs
+
+    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None) -> Tuple[Tensor, Tensor]:
+        """Tensor mode (used for FLOPs): what inference runs - all decoder layers, but class logits and masks of
+        the last layer only (``predict`` uses only it; the other layers' masks serve the auxiliary losses)."""
+        img_feats = self.extract_feat(batch_inputs)
+        head_inputs = self.forward_transformer(img_feats, batch_data_samples)
+        last = head_inputs['hidden_states'].shape[0] - 1
+        return self.bbox_head(**head_inputs, first_layer=last)

@@ -32,7 +32,7 @@ MEASURED_PARAMS = {
     ('table-1', 'res-1-2'): 41_633_618,
     ('table-2', 'none'): 41_631_314,
     ('table-2', 'mp'): 41_634_132,
-    ('table-2', 'kp'): 41_631_314,
+    ('table-2', 'kp'): 41_630_800,
     ('table-2', 'mp-kp'): 41_633_618,
     ('table-3', 'isda'): 41_633_618,
 }
@@ -82,11 +82,11 @@ def test_parameter_counts_of_the_recipe_rows():
         assert isinstance(model, ISDA) and isinstance(model.bbox_head, ISDAHead)
         counts[row_id] = trainable(model)
         assert counts[row_id] == expected, (table, row_id, counts[row_id])
-    # MP adds 2 input channels to P5's first 3x3 conv (2*9*128) and, without KP, two learned kernel outputs of
-    # the kernel FFN's last Linear (2*257); KP alone adds no weights (R is concatenated, the MFR side is zeros)
+    # MP adds 2 input channels to P5's first 3x3 conv (2*9*128) and two kernel entries (258 = |MFR|); KP takes
+    # two of the kernel's entries for R, so the kernel FFN's last Linear has 2 outputs (2*257 weights) fewer
     assert counts['mp-kp'] - counts['none'] == 2 * 9 * 128
     assert counts['mp'] - counts['mp-kp'] == 2 * 257
-    assert counts['kp'] == counts['none']
+    assert counts['none'] - counts['kp'] == 2 * 257
 
 
 # ------------------------------------------------------------------------------ losses / costs
@@ -143,26 +143,26 @@ def test_mfr_stride_and_coordinate_channels(stride):
 
 
 def test_mfr_without_positions():
-    """No MP: the MFR is the learned 256 channels, or 256 + 2 zero channels when the kernel carries R (KP)."""
+    """No MP: the MFR is the 256 learned channels (no coordinate channels, no padding)."""
     head = ISDAMaskFeatureHead(mfr_positions=False)
     assert head.convs_all_levels[3].conv0.conv.in_channels == 256
+    assert head.mfr_channels == 256 and ISDAMaskFeatureHead(mfr_positions=True).mfr_channels == 258
     feats = pyramid()
     with torch.no_grad():
         assert head(feats).shape == (2, 256, 16, 24)
-        padded = head(feats, num_pos_channels=2)
-    assert padded.shape == (2, 258, 16, 24) and (padded[:, 256:] == 0).all()
 
 
 # ------------------------------------------------------------------------------ mask head
 @pytest.mark.parametrize('mp,kp', [(False, False), (True, False), (False, True), (True, True)])
 def test_mask_head_kernels_and_masks(mp, kp):
-    """Fig. 4: G_pos = [G_raw, R] (KP); masks = G_pos (1x1 dynamic conv) MFR; shared weights over layers."""
+    """Fig. 4: G_pos = [G_raw, R] (KP); masks = G_pos (1x1 dynamic conv) MFR; shared weights over layers; the
+    kernel is as long as the MFR (258 with MP, else 256), so with KP G_raw has two entries fewer."""
     head = ISDAHead(num_classes=3, kernel_positions=kp, num_pred_layer=2,
                     mask_feature_head=dict(type='ISDAMaskFeatureHead', mfr_positions=mp))
     head.init_weights()
     assert head.cls_branches[0] is head.cls_branches[1]            # share_pred_layer
     assert head.kernel_branches[0] is head.kernel_branches[1]
-    assert head.kernel_dims == (258 if (mp or kp) else 256)
+    assert head.kernel_dims == (258 if mp else 256)
     assert head.kernel_branches[0][-1].out_features == head.kernel_dims - (2 if kp else 0)
     feats = pyramid(batch=1)
     g = torch.Generator().manual_seed(1)
@@ -170,7 +170,7 @@ def test_mask_head_kernels_and_masks(mp, kp):
     refs = [torch.rand(1, 5, 2, generator=g)] * 3
     with torch.no_grad():
         cls, masks = head(hs, refs, feats)
-        mfr = head.mask_feature_head(feats, None, head.num_pos_channels)
+        mfr = head.mask_feature_head(feats, None)
         kernel = head.kernel_branches[1](hs[1])
         if kp:
             kernel = torch.cat([kernel, refs[1]], -1)
@@ -179,8 +179,9 @@ def test_mask_head_kernels_and_masks(mp, kp):
     assert cls.shape == (2, 1, 5, 3) and masks.shape == (2, 1, 5, 16, 24)
     assert torch.allclose(masks[1], expected, atol=1e-4)
     assert torch.equal(cls, cls2)
-    # R changes the masks only when it is in the kernel AND meets real coordinate channels
-    assert torch.allclose(masks, masks2) == (not (kp and mp))
+    # R changes the masks whenever it is in the kernel: it multiplies the coordinate channels (MP) or two
+    # learned MFR channels (no MP)
+    assert torch.allclose(masks, masks2) == (not kp)
 
 
 # ------------------------------------------------------------------------------ full model
@@ -249,9 +250,11 @@ def test_low_resolution_baseline_row_predicts():
 
 
 def test_coco_pretrained_deformable_detr_initialisation(tmp_path):
-    """Sec. 4: transformer + classification branch from a Deformable DETR checkpoint (model-level Pretrained
-    init_cfg): encoder, decoder, queries and classifier are copied, DETR's C3..C5 laterals land on ISDA's
-    P3..P5 laterals, and the mask-specific parts keep their own init."""
+    """Sec. 4: 'ResNet-50 ... pretrained on ImageNet. The deformable Transformer and the classification branch in
+    ISDA are pretrained on MS COCO'; Sec. 3.2: the queries are 'learned during training with random
+    initialization'. From a Deformable DETR checkpoint (model-level Pretrained init_cfg) only encoder, decoder,
+    level embeddings, reference-point FC and classifier are copied; the backbone keeps its own (ImageNet)
+    init_cfg, and the neck, the queries and the mask parts keep their own init."""
     from mmengine.config import Config
     import mmdet
     detr_cfg = Config.fromfile(str(Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr' /
@@ -261,19 +264,126 @@ def test_coco_pretrained_deformable_detr_initialisation(tmp_path):
     detr_cfg.bbox_head.num_classes = 3
     detr_cfg.encoder.num_layers = 1
     detr_cfg.decoder.num_layers = 1
+    torch.manual_seed(1)
     detr = MODELS.build(detr_cfg)
+    detr.init_weights()
     ckpt = tmp_path / 'detr.pth'
     torch.save({'state_dict': detr.state_dict()}, ckpt)
+    # stand-in for torchvision's ImageNet ResNet-50 (no download in tests): another ResNet-50's weights
+    torch.manual_seed(2)
+    imagenet = MODELS.build(dict(type='ResNet', depth=50, init_cfg=None))
+    imagenet_ckpt = tmp_path / 'imagenet_r50.pth'
+    torch.save(imagenet.state_dict(), imagenet_ckpt)
 
     cfg = small_cfg('table-1', 'res-1-4', layers=1)
     cfg.init_cfg = dict(type='Pretrained', checkpoint=str(ckpt))
+    cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(imagenet_ckpt))
+    torch.manual_seed(3)
     model = MODELS.build(cfg)
     model.init_weights()
-    assert torch.equal(model.encoder.layers[0].self_attn.sampling_offsets.weight,
-                       detr.encoder.layers[0].self_attn.sampling_offsets.weight)
-    assert torch.equal(model.query_embedding.weight, detr.query_embedding.weight)
-    assert torch.equal(model.bbox_head.cls_branches[0].weight, detr.bbox_head.cls_branches[0].weight)
-    assert torch.equal(model.neck.convs[1].conv.weight, detr.neck.convs[0].conv.weight)     # C3 lateral
-    assert torch.equal(model.neck.extra_convs[0].conv.weight, detr.neck.extra_convs[0].conv.weight)  # P6
-    assert torch.equal(model.backbone.conv1.weight, detr.backbone.conv1.weight)
-    assert model.neck.convs[0].conv.weight.shape[1] == 256  # C2 lateral: ISDA's own
+    loaded = [
+        (model.encoder.layers[0].self_attn.sampling_offsets.weight, detr.encoder.layers[0].self_attn.sampling_offsets.weight),
+        (model.decoder.layers[0].cross_attn.value_proj.weight, detr.decoder.layers[0].cross_attn.value_proj.weight),
+        (model.level_embed, detr.level_embed),
+        (model.reference_points_fc.weight, detr.reference_points_fc.weight),
+        (model.bbox_head.cls_branches[0].weight, detr.bbox_head.cls_branches[0].weight),
+        (model.bbox_head.cls_branches[0].bias, detr.bbox_head.cls_branches[0].bias),
+    ]
+    for ours, theirs in loaded:
+        assert torch.equal(ours, theirs)
+    not_loaded = [
+        (model.backbone.conv1.weight, detr.backbone.conv1.weight),                      # ImageNet instead
+        (model.backbone.layer4[0].conv2.weight, detr.backbone.layer4[0].conv2.weight),
+        (model.neck.convs[1].conv.weight, detr.neck.convs[0].conv.weight),              # C3 lateral
+        (model.neck.extra_convs[0].conv.weight, detr.neck.extra_convs[0].conv.weight),  # P6
+        (model.query_embedding.weight, detr.query_embedding.weight),                    # random queries
+    ]
+    for ours, theirs in not_loaded:
+        assert ours.shape == theirs.shape and not torch.equal(ours, theirs)
+    assert torch.equal(model.backbone.conv1.weight, imagenet.conv1.weight)
+    assert torch.equal(model.backbone.layer4[0].conv2.weight, imagenet.layer4[0].conv2.weight)
+    info = model.load_detr_checkpoint(str(ckpt))
+    assert all(k.startswith(model.pretrained_parts) for k in info['loaded'])
+    assert any(k.startswith('backbone.') for k in info['skipped'])
+    assert any(k.startswith('neck.') for k in info['skipped'])
+    assert 'query_embedding.weight' in info['skipped']
+
+
+# ------------------------------------------------------------------------------ Table 2: KP alone
+def _kp_and_none_models():
+    """Table 2's 'none' and 'KP' rows (recipe configs, 3 classes, 12 queries, 1+1 layers), 'KP' carrying every
+    weight of 'none' (the kernel FFN's last Linear: its first 254 outputs)."""
+    torch.manual_seed(0)
+    none = MODELS.build(small_cfg('table-2', 'none', layers=1))
+    none.init_weights()
+    kp = MODELS.build(small_cfg('table-2', 'kp', layers=1))
+    state = none.state_dict()
+    own = kp.state_dict()
+    for k, v in state.items():
+        if own[k].shape != v.shape:   # kernel FFN's last Linear: 256 -> 254 outputs (2 entries are R)
+            state[k] = v[:own[k].shape[0]]
+    kp.load_state_dict(state)
+    return none.eval(), kp.eval()
+
+
+def test_kernel_positions_alone_change_the_model():
+    """Table 2 'KP' (no MP) is another function than 'none' (the paper: -0.6 AP): with KP the reference point R
+    multiplies the MFR's last two (learned) channels, so the masks depend on R and differ from 'none' with the same
+    weights; before, R met two all-zero channels and 'KP' equalled 'none' (max mask difference 4.8e-7)."""
+    none, kp = _kp_and_none_models()
+    assert kp.bbox_head.kernel_positions and not kp.bbox_head.mask_feature_head.mfr_positions
+    data = none.data_preprocessor(copy.deepcopy(synthetic_batch()), False)
+    with torch.no_grad():
+        _, masks_none = none._forward(data['inputs'], data['data_samples'])
+        feats = kp.extract_feat(data['inputs'])
+        head_in = kp.forward_transformer(feats, data['data_samples'])
+        _, masks_kp = kp.bbox_head(**head_in)
+        moved = dict(head_in, references=[r.flip(-1) for r in head_in['references']])
+        _, masks_kp_moved = kp.bbox_head(**moved)
+    assert masks_kp.shape == masks_none.shape[:0] + masks_kp.shape
+    diff = (masks_kp[-1] - masks_none[-1]).abs().max().item()
+    assert diff > 1e-3, diff
+    assert (masks_kp - masks_kp_moved).abs().max().item() > 1e-3   # R matters
+    # the masks are G_raw . F[:254] + R_x F[254] + R_y F[255]
+    mfr = kp.bbox_head.mask_feature_head(head_in['mlvl_feats'], head_in['valid_ratios'])
+    g_raw = kp.bbox_head.kernel_branches[0](head_in['hidden_states'][-1])
+    ref = head_in['references'][-1][..., :2]
+    expected = (torch.einsum('bqd,bdhw->bqhw', g_raw, mfr[:, :254])
+                + torch.einsum('bqd,bdhw->bqhw', ref, mfr[:, 254:]))
+    assert torch.allclose(masks_kp[-1], expected, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ FLOPs
+def test_tensor_mode_counts_only_the_last_decoder_layer():
+    """FLOPs count what inference runs: tensor mode (bench profile's FlopAnalyzer) gives class logits and masks of
+    the last decoder layer only, and the head's counted FLOPs are the MFR head plus ONE layer of classifier, kernel
+    FFN and dynamic convolution (not one per decoder layer)."""
+    from mmengine.analysis import FlopAnalyzer
+    cfg = small_cfg('table-2', 'mp-kp', layers=2)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    model.eval()
+    data = model.data_preprocessor(copy.deepcopy(synthetic_batch()), False)
+    inputs, samples = data['inputs'], data['data_samples']
+    with torch.no_grad():
+        cls, masks = model._forward(inputs, samples)
+    b, q, c = len(samples), cfg.num_queries, cfg.bbox_head.num_classes
+    assert cls.shape == (1, b, q, c) and masks.shape[:3] == (1, b, q)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return model._forward(x, samples)
+
+    analyzer = FlopAnalyzer(Wrap(model), (inputs, ))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    by_module = analyzer.by_module()
+    head = by_module['m.bbox_head'] - by_module['m.bbox_head.mask_feature_head']
+    d, (h, w) = model.bbox_head.kernel_dims, masks.shape[-2:]
+    ffn = 256 * 256 + 256 * 256 + 256 * (d - 2)
+    one_layer = b * q * (256 * c + ffn) + b * q * d * h * w
+    assert head == one_layer, (head, one_layer)
