@@ -68,10 +68,18 @@ def main(ctx: click.Context, recipes: Path | None, results: Path | None) -> None
 
 
 # ----------------------------------------------------------------------------------------- list
-def _row_record(table, row, with_hash: bool) -> dict:
-    from bench.resolve import model_hash, row_status
+def _safe_row_status(row):
+    """bench.resolve.row_status, but a row whose config cannot be built at all (a malformed base config,
+    a file mmengine refuses) is reported as 'cannot resolve: <reason>' instead of crashing the command."""
+    from bench.rowstatus import safe_row_status
 
-    status, reason = row_status(row)
+    return safe_row_status(row)
+
+
+def _row_record(table, row, with_hash: bool) -> dict:
+    from bench.resolve import model_hash
+
+    status, reason = _safe_row_status(row)
     rec = {"table": table.name, "position": row.position, "id": row.id, "label": row.label,
            "status": str(status), "reason": reason or None,
            "published": {k: v for k, v in row.published.items()}, "baseline": row.baseline}
@@ -103,15 +111,14 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         return
     from rich.table import Table as RTable
 
-    from bench.resolve import table_statuses
-
     rt = RTable(title="bench tables", show_lines=False)
-    for col in ("table", "title", "rows", "runnable", "model missing", "reference only"):
+    for col in ("table", "title", "rows", "runnable", "model missing", "reference only", "refused"):
         rt.add_column(col, justify="right" if col not in ("table", "title") else "left")
     for t in tables:
-        st = [s for s, _ in table_statuses(t).values()]
+        st = [_safe_row_status(r)[0] for r in t.rows]
         rt.add_row(t.name, t.title, str(len(t.rows)), str(st.count(RowStatus.RUNNABLE)),
-                   str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)))
+                   str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)),
+                   str(st.count(RowStatus.REFUSED)))
     _console().print(rt)
 
 
@@ -134,8 +141,6 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
     """Show TABLE as the paper prints it (published cells), with each row's status.
 
     '?' marks a cell the paper text does not show (see the notes)."""
-    from bench.resolve import row_status
-
     _, t = _load(ctx, table)
     if as_json:
         out = {"table": t.name, "number": t.number, "title": t.title,
@@ -153,7 +158,7 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
     rt.add_column("status")
     notes = []
     for r in t.rows:
-        status, reason = row_status(r)
+        status, reason = _safe_row_status(r)
         cells = [_fmt(r.published[c.key]) if c.key in r.published else
                  (_fmt(r.factors.get(c.key)) if c.key in r.factors else "") for c in t.columns]
         rt.add_row(str(r.position), r.label, *cells, str(status))
@@ -173,7 +178,8 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
 def validate_cmd(ctx: click.Context) -> None:
     """Load every recipe and check it: schema, configs, overrides, baselines. Exit 1 on any error."""
     from bench.recipes import RecipeError
-    from bench.resolve import row_config
+    from bench.resolve import row_config, row_status
+    from bench.vocab import RowStatus
 
     cat = _catalogue(ctx)
     errors: list[str] = []
@@ -190,6 +196,9 @@ def validate_cmd(ctx: click.Context) -> None:
             if r.model is not None:
                 try:
                     row_config(r.model)
+                    status, reason = row_status(r)
+                    if status is RowStatus.REFUSED:
+                        errors.append(f"{where}: refused: {reason}")
                 except Exception as e:  # noqa: BLE001 - any failure to resolve is a recipe error
                     errors.append(f"{where}, field model: {e}")
             if r.baseline and "/" in r.baseline:
@@ -424,6 +433,11 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
             click.echo("nothing to submit: every run failed its preflight (see above; --no-preflight skips it)")
             sys.exit(1)
     runs = list(plan.runs.values())
+    if force and not dry_run:  # --force starts from scratch: old work dirs moved aside (never deleted)
+        from bench.launch import start_clean
+
+        for line in start_clean(runs):
+            click.echo(line)
     if cluster == "local":
         from bench.launch import LaunchError, check_local_gpus
 
@@ -434,7 +448,10 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
     if plan.scale.name == "smoke":
         from bench.data import synth
 
-        synth.generate(Path(runs[0].dataset_root), synth.SynthSpec(**runs[0].data_spec))
+        try:
+            synth.generate(Path(runs[0].dataset_root), synth.SynthSpec(**runs[0].data_spec))
+        except (FileExistsError, OSError) as e:
+            raise BenchError(str(e)) from None
     if cluster == "slurm":
         from bench.cluster import submit_slurm
 
@@ -447,8 +464,12 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
         click.echo("submitted; follow with `bench status " + t.name + f" --scale {plan.scale.name}`")
         return
     outcomes = _run_with_progress(runs, cluster, max_parallel)
-    failed = [o for o in outcomes if not o.ok]
-    click.echo(f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed")
+    skipped = [o for o in outcomes if getattr(o, "skipped", False)]
+    failed = [o for o in outcomes if not o.ok and o not in skipped]
+    click.echo(f"{len(outcomes) - len(failed) - len(skipped)} run(s) done, {len(failed)} failed"
+               + (f", {len(skipped)} skipped (running elsewhere)" if skipped else ""))
+    for o in skipped:
+        click.echo(f"  skipped: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
     for o in failed:
         click.echo(f"  failed: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
     if failed:

@@ -464,6 +464,24 @@ def synth_spec(scale: Scale):
     return synth.SynthSpec(width=size, height=size, **d)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def synth_fingerprint(scale: Scale, root: Path) -> str:
+    """The content hash of the smoke scale's synthetic set at ``root`` (made first if the folder does
+    not hold it yet: the set is deterministic, and its content is what a run key must name)."""
+    from bench.data import synth
+    from bench.data.datasets import content_fingerprint
+
+    manifest = root / "manifest.json"
+    if not manifest.exists():
+        synth.generate(root, synth_spec(scale))
+    stamp = (str(root.resolve()), manifest.stat().st_mtime_ns)
+    if stamp not in _FINGERPRINTS:
+        _FINGERPRINTS[stamp] = content_fingerprint(root)
+    return _FINGERPRINTS[stamp]
+
+
 def _synth_root(scale: Scale) -> Path:
     from bench.data import synth
 
@@ -527,7 +545,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             except Exception as e:  # noqa: BLE001 - a row that cannot be assembled is reported, not fatal
                 pr.reason = f"cannot assemble its config: {e}"
                 continue
-            data_key = (f"synth:{Path(facts['root']).name}" if facts["dataset"] == "synth"
+            data_key = (f"synth:{synth_fingerprint(scale, Path(facts['root']))}" if facts["dataset"] == "synth"
                         else f"{facts['dataset']}:{facts['root']}:{facts['eval_split']}")
             config_hash = canonical_hash(cfg)
             scale_key = {k: v for k, v in scale.as_dict().items() if k != "description"}

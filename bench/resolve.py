@@ -37,8 +37,17 @@ def mmdet_configs_dir() -> Path:
 
 
 def config_file(ref: str) -> Path:
+    """The config file a recipe names, inside one of the two config roots (mmdet's bundled configs,
+    bench/configs). mmengine executes a Python config when it parses it, so a reference that leaves its
+    root (``bench::../../x.py``, an absolute path, a symlink pointing out) is refused, never read."""
     scope, _, rel = ref.partition("::")
-    path = (mmdet_configs_dir() if scope == "mmdet" else BENCH_CONFIGS) / rel
+    root = (mmdet_configs_dir() if scope == "mmdet" else BENCH_CONFIGS).resolve()
+    if Path(rel).is_absolute() or "\x00" in rel:
+        raise RecipeError(f"config {ref!r}: must be a path inside {scope}'s config folder, not an absolute path")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise RecipeError(f"config {ref!r} leaves {scope}'s config folder ({root}): refused (a recipe may only name "
+                          "configs inside mmdet's bundled configs or bench/configs)")
     if not path.is_file():
         raise RecipeError(f"config {ref!r} not found ({path})")
     return path
@@ -222,15 +231,63 @@ def missing_types(spec: ModelSpec) -> list[str]:
     return missing
 
 
+_LIBRARY_SCOPES = ("mmdet", "mmengine", "mmcv")
+#: config keys that make mmengine import modules by name
+_IMPORTING_KEYS = ("custom_imports",)
+
+
+def iter_typed(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(config path, type) of every string ``type`` anywhere inside a config node."""
+    if isinstance(node, dict):
+        t = node.get("type")
+        if isinstance(t, str):
+            yield (path + ".type" if path else "type"), t
+        for k, v in node.items():
+            yield from iter_typed(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from iter_typed(v, f"{path}[{i}]")
+
+
+def refused_parts(cfg: dict) -> list[str]:
+    """What in a resolved config bench refuses to build from recipe data, each with its field: a
+    ``type`` that is an import path (``subprocess.run``, ``os.system``, ``mymodule.fn``: mmengine's
+    registries import and call such names) or that no registry knows outside ``model`` (hooks,
+    pipelines, evaluators, visualizer...), and ``custom_imports``. Unknown types inside ``model``
+    are "model missing" (not implemented yet), not refused."""
+    known = known_types()
+    out: list[str] = []
+    for key in _IMPORTING_KEYS:
+        imports = (cfg.get(key) or {}).get("imports") if isinstance(cfg.get(key), dict) else cfg.get(key)
+        for mod in ([imports] if isinstance(imports, str) else list(imports or [])):
+            if not (isinstance(mod, str) and mod.split(".")[0] in ("bench",) + _LIBRARY_SCOPES):
+                out.append(f"field {key}: imports {mod!r}: only bench's and the OpenMMLab libraries' modules "
+                           "may be imported (a recipe is data)")
+    for where, t in iter_typed(cfg):
+        scope, dot, name = t.partition(".")
+        if dot:
+            if scope in _LIBRARY_SCOPES and name in known:
+                continue
+            out.append(f"field {where}: type {t!r} is an import path, not a registered component")
+        elif t not in known and not where.startswith("model."):
+            out.append(f"field {where}: type {t!r} is not a registered component")
+    return out
+
+
 def row_status(row: Row) -> tuple[RowStatus, str]:
-    """(status, reason) of a recipe row: runnable, model missing (which types), or reference only."""
+    """(status, reason) of a recipe row: runnable, model missing (which types), refused (what), or
+    reference only."""
     if row.reference_only is not None:
         return RowStatus.REFERENCE_ONLY, row.reference_only
     assert row.model is not None
     try:
-        missing = missing_types(row.model)
+        cfg = row_config(row.model)
     except RecipeError as e:
-        return RowStatus.MODEL_MISSING, str(e)
+        return (RowStatus.REFUSED if "refused" in str(e) else RowStatus.MODEL_MISSING), str(e)
+    refused = refused_parts(cfg.to_dict() if row.model.module is None else {"module": dict(row.model.module)})
+    if refused:
+        return RowStatus.REFUSED, "; ".join(refused)
+    missing = missing_types(row.model)
     if missing:
         return RowStatus.MODEL_MISSING, "not implemented: " + ", ".join(missing)
     return RowStatus.RUNNABLE, ""

@@ -53,6 +53,8 @@ class RowStatus(str, Enum):
     RUNNABLE = "runnable"              # every component of its config is registered: it can train
     MODEL_MISSING = "model missing"    # the config names a type no registry knows (not implemented yet)
     REFERENCE_ONLY = "reference only"  # a system outside mmdet and these papers: published numbers only
+    REFUSED = "refused"                # the recipe asks for something bench never builds from data (an import
+                                       # path as a type, a config outside the two roots, custom_imports)
 
     def __str__(self) -> str:
         return self.value

@@ -53,3 +53,21 @@ def check_root(dataset: str, root: Path, eval_split: str) -> None:
     missing = [n for n in needed if not (root / n).exists()]
     if missing:
         raise DataError(f"{dataset} data root {root} lacks: " + ", ".join(str(root / m) for m in missing))
+
+
+def content_fingerprint(root: Path) -> str:
+    """A hash of everything in a (small) dataset folder: each file's path relative to the root, size and
+    bytes. The smoke scale's run key names its synthetic set by this, so a different dataset in a
+    folder of the same name (or the same folder regenerated differently) is never taken as done."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{root}: no dataset files")
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        h.update(rel.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
