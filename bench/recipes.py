@@ -290,9 +290,11 @@ def deep_merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
-def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
-    """Read one recipe file with its ``include:`` chain resolved (no defaults applied yet)."""
+def read_yaml(path: Path, _stack: tuple[Path, ...] = (), root: Path | None = None) -> dict:
+    """Read one recipe file with its ``include:`` chain resolved (no defaults applied yet). Includes
+    stay inside ``root``, the recipes folder (default: the folder above the table's paper folder)."""
     path = Path(path)
+    root = (Path(root) if root is not None else path.parent.parent).resolve()
     if path.resolve() in _stack:
         raise RecipeError(f"{path}: include cycle: {' -> '.join(str(p) for p in _stack + (path,))}")
     try:
@@ -319,7 +321,12 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
         includes = [includes]
     merged: dict = {}
     for inc in includes:
-        merged = deep_merge(merged, read_yaml(path.parent / inc, _stack + (path.resolve(),)))
+        if not isinstance(inc, str):
+            raise RecipeError(f"{path}: field include: must be a file name or a list of them, got {inc!r}")
+        target = (path.parent / inc).resolve()
+        if not target.is_relative_to(root):
+            raise RecipeError(f"{path}: field include: {inc!r} leaves the recipes folder {root}: refused")
+        merged = deep_merge(merged, read_yaml(path.parent / inc, _stack + (path.resolve(),), root))
     return deep_merge(merged, data)
 
 

@@ -101,3 +101,14 @@ def test_registered_types_with_a_library_scope_stay_runnable(tmp_path, monkeypat
 
     status, reason = row_status(Catalogue(recipes).load("pipeline-test/table-9").row("evil"))
     assert str(status) == "runnable", reason
+
+
+def test_include_leaving_the_recipes_folder_is_refused(tmp_path, cli, monkeypatch):
+    secret = tmp_path / "outside.yaml"
+    secret.write_text("title: read from outside\n")
+    recipes = hostile_recipes(tmp_path, "model: {config: 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'}\n")
+    p = recipes / "pipeline-test" / "table-9.yaml"
+    p.write_text(p.read_text().replace("include: _paper.yaml", f"include: [_paper.yaml, ../../outside.yaml]"))
+    monkeypatch.setenv("BENCH_RECIPES", str(recipes))
+    res = cli("validate", expect=1)
+    assert "field include: '../../outside.yaml' leaves the recipes folder" in res.output
