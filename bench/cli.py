@@ -438,13 +438,15 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
 
         for line in start_clean(runs):
             click.echo(line)
-    if cluster == "local":
+    if cluster in ("local", "inline"):   # inline too: a multi-GPU config in one CPU process has no launcher
         from bench.launch import LaunchError, check_local_gpus
 
         try:
             check_local_gpus(runs)
         except LaunchError as e:
-            raise BenchError(str(e)) from None
+            hint = (" To exercise the paper config on this machine, `bench preflight` runs it in one process."
+                    if plan.scale.name == "paper" else "")
+            raise BenchError(str(e) + hint) from None
     if plan.scale.name == "smoke":
         from bench.data import synth
 

@@ -118,3 +118,11 @@ def test_data_synth_layouts_and_data_check_pairs(cli, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("not a fixture")
     res = cli("data", "synth", "--layout", "coco", "--out", str(tmp_path / "other"), expect=1)
     assert "was not written by" in res.output and (tmp_path / "other" / "keep.txt").exists()
+
+
+def test_multi_gpu_paper_run_on_a_cpu_is_refused_before_it_starts(coco_root, cli):
+    """It used to start and die with KeyError: 'RANK' (the distributed launcher without its variables)."""
+    res = cli("run", "sbr-cnn/table-2", "mask-1x", "--scale", "paper", "--data-root", str(coco_root),
+              "--cluster", "inline", "--no-preflight", expect=1)
+    assert "needs 8 GPU(s) and this machine shows 0 GPU(s)" in res.output and "bench preflight" in res.output
+    assert "RANK" not in res.output
