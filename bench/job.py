@@ -97,34 +97,11 @@ def count_trainable(model) -> int:
 
 
 def measure_flops(model, data: dict) -> tuple[Optional[float], str]:
-    """GFLOPs of one forward pass on a preprocessed sample (mmengine's FlopAnalyzer)."""
-    import torch
-    from mmengine.analysis import FlopAnalyzer
+    """GFLOPs of one inference forward pass on a preprocessed sample, and how they were counted (which
+    forward, which ops stay uncounted): bench/flops.py (mmengine's FlopAnalyzer plus mmcv's deformable convs)."""
+    from bench.flops import measure_flops as _measure
 
-    model.eval()
-    try:
-        inputs = data["inputs"]
-        samples = data["data_samples"]
-
-        class _Wrap(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m._forward(x, samples)
-
-        analyzer = FlopAnalyzer(_Wrap(model), (inputs,))
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
-        total = analyzer.total()
-        skipped = analyzer.unsupported_ops()
-        note = "mmengine FlopAnalyzer, one multiply-add counted as one FLOP (fvcore convention)"
-        if skipped:
-            note += "; uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(skipped.items()))
-        return total / 1e9, note
-    except Exception as e:  # noqa: BLE001 - FLOPs are best effort; say why they are missing
-        return None, f"FLOPs not measured: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return _measure(model, data)
 
 
 def _sync(cuda: bool) -> None:
