@@ -535,9 +535,11 @@ def _preflight_line(r: dict) -> str:
 @click.option("--iters", type=click.IntRange(min=1), default=2, show_default=True, help="Training iterations per run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--gpus", type=int, default=None, help="GPUs the cluster run will use (decides the per-GPU batch).")
+@click.option("--cached", "use_cache", is_flag=True,
+              help="Reuse a run's cached record if it passed with at least ITERS iterations on this device.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
 @click.pass_context
-def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, as_json) -> None:
+def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, use_cache, as_json) -> None:
     """Prove every run of TABLES' paper-scale plan starts, here, in minutes: real datasets counted as mmdet
     builds them, every checkpoint found and loaded with its keys checked, ITERS training iterations at the
     paper's input size and per-GPU batch with finite losses and gradients, then the test pipeline and the
@@ -561,13 +563,13 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
         raise BenchError(str(e)) from None
     cannot = [pr for pr in plan.rows if pr.action == "cannot run"]
     echo = (lambda r: None) if as_json else (lambda r: click.echo(_preflight_line(r)))
-    recs = preflight_plan(plan, root, iters=iters, device=device, on_result=echo)
+    recs = preflight_plan(plan, root, iters=iters, device=device, use_cache=use_cache, on_result=echo)
     if as_json:
         out = [{k: r.get(k) for k in ("table", "row", "rows", "run_key", "status", "reason", "train_images",
                                        "train_instances", "train_ignored", "train_with_masks", "counted_images",
                                        "eval_images", "eval_instances", "iters", "s_per_iter", "first_iter_s",
                                        "peak_mem_mb", "mem_kind", "losses", "grad_params", "no_grad", "weights",
-                                       "eval_metrics", "device", "batch_per_gpu", "wall_s")} for r in recs]
+                                       "eval_metrics", "device", "batch_per_gpu", "wall_s", "cached")} for r in recs]
         out += [{"table": pr.table, "row": pr.row.id, "rows": [f"{pr.table}/{pr.row.id}"], "run_key": None,
                  "status": "not runnable", "reason": f"{pr.status}: {pr.reason}"} for pr in cannot]
         click.echo(json.dumps(out, indent=2, default=str))

@@ -477,12 +477,14 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
 def preflight_plan(plan: Plan, results_root: Path, iters: int = 2, device: str = "cpu",
                    use_cache: bool = False, on_result=None) -> list[Preflight | dict]:
     """Preflight every distinct run of a paper-scale plan, one after another in this process.
-    With ``use_cache`` a run whose cached record was made with at least ``iters`` iterations on the
-    same device is not repeated. Every record is written to the cache."""
+    With ``use_cache`` a run whose cached record passed with at least ``iters`` iterations on the
+    same device is not repeated (a failed one is: its cause may have been fixed outside the run key,
+    e.g. a file put in place). Every record is written to the cache."""
     out = []
     for spec in plan.runs.values():
         hit = cached(results_root, spec.run_key) if use_cache else None
-        if hit and hit.get("iters", 0) >= iters and hit.get("device", "").split(":")[0].split(" ")[0] == device:
+        if hit and hit.get("status") == "ok" and hit.get("iters", 0) >= iters \
+                and hit.get("device", "").split(":")[0].split(" ")[0] == device:
             hit["cached"] = True
             out.append(hit)
             if on_result:
