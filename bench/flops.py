@@ -19,6 +19,8 @@ Ops the jit trace cannot look into (``torch.autograd.Function`` s such as mmcv's
   ``nn.Conv2d`` (``conv_offset``) and is counted by the standard conv handle.
 - ``ModulatedDeformConv2dFunction`` (mmcv ``ModulatedDeformConv2d`` / ``...Pack``, "DCNv2"): the same, plus
   one multiply per sampled value by its modulation mask (5 per sampled value).
+- ``MultiScaleDeformableAttnFunction`` (mmcv's deformable attention on CUDA; on the CPU it runs as
+  ``grid_sample``, which fvcore counts): 4 per sampled value, the same count on both devices.
 - ``aten::baddbmm`` (attention scores with a mask) as ``bmm``; ``aten::scaled_dot_product_attention`` as
   its two matrix products (QK^T and AV).
 
@@ -77,6 +79,18 @@ def modulated_deform_conv_flop_jit(inputs: list, outputs: list) -> Counter:
     return _deform_conv_count(_shape(inputs[0]), _shape(inputs[3]), _shape(outputs[0]), BILINEAR + 1)
 
 
+def ms_deform_attn_flop_jit(inputs: list, outputs: list) -> Counter:
+    """mmcv ``MultiScaleDeformableAttnFunction(value, spatial_shapes, level_start_index, sampling_locations,
+    attention_weights, im2col_step)`` (the CUDA path of ``MultiScaleDeformableAttention``): 4 per bilinearly
+    sampled value, batch x queries x heads x levels x points x head_dim values, which is what the CPU path
+    (``multi_scale_deformable_attn_pytorch``: ``grid_sample``) counts; the weighted sum is element-wise."""
+    value, loc = _shape(inputs[0]), _shape(inputs[3])
+    n = value[3]
+    for d in loc[:-1]:
+        n *= d
+    return Counter({"deform_attn_sampling": n * BILINEAR})
+
+
 def baddbmm_flop_jit(inputs: list, outputs: list) -> int:
     """``aten::baddbmm(self, batch1, batch2, beta, alpha)``: the batched matrix product's multiply-adds."""
     b, n, c = _shape(inputs[1])
@@ -97,6 +111,7 @@ def sdpa_flop_jit(inputs: list, outputs: list) -> int:
 EXTRA_HANDLES = {
     "prim::PythonOp.DeformConv2dFunction": deform_conv_flop_jit,
     "prim::PythonOp.ModulatedDeformConv2dFunction": modulated_deform_conv_flop_jit,
+    "prim::PythonOp.MultiScaleDeformableAttnFunction": ms_deform_attn_flop_jit,
     "aten::baddbmm": baddbmm_flop_jit,
     "aten::scaled_dot_product_attention": sdpa_flop_jit,
 }

@@ -128,3 +128,35 @@ def test_uncounted_ops_are_split_from_convention_ops():
     uncounted, convention = split_uncounted({"prim::PythonOp.RoIAlignFunction": 4, "aten::add": 3, "aten::sigmoid": 1})
     assert uncounted == {"prim::PythonOp.RoIAlignFunction": 4}
     assert convention == {"aten::add": 3, "aten::sigmoid": 1}
+
+
+def test_deformable_attention_counts_the_same_on_the_cuda_and_cpu_paths():
+    """mmcv's MultiScaleDeformableAttention runs an opaque autograd Function on CUDA and grid_sample on the
+    CPU. The Function has no CPU kernel, so a Function of the same name computing mmcv's own pytorch
+    reference stands in for it in the trace: both paths count 4 per sampled value."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+
+    class MultiScaleDeformableAttnFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value, shapes, start, loc, weights, step):
+            return multi_scale_deformable_attn_pytorch(value, shapes, loc, weights)
+
+    bs, heads, dim, queries, points = 1, 2, 4, 3, 4
+    shapes = torch.tensor([[4, 5], [2, 3]])
+    value = torch.randn(bs, 20 + 6, heads, dim)
+    loc = torch.rand(bs, queries, heads, 2, points, 2)
+    weights = torch.rand(bs, queries, heads, 2, points)
+
+    class Cpu(torch.nn.Module):
+        def forward(self, v):
+            return multi_scale_deformable_attn_pytorch(v, shapes, loc, weights)
+
+    class Cuda(torch.nn.Module):
+        def forward(self, v):
+            return MultiScaleDeformableAttnFunction.apply(v, shapes, torch.tensor([0, 20]), loc, weights, 64)
+
+    sampled = bs * queries * heads * 2 * points * dim   # 2 levels
+    cpu, _ = _gflops(Cpu(), value.shape)
+    cuda, note = _gflops(Cuda(), value.shape)
+    assert cpu == cuda == 4 * sampled
+    assert "MultiScaleDeformableAttnFunction" not in note.split("uncounted ops:")[1].split(";")[0]
