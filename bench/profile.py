@@ -155,8 +155,11 @@ def model_flops(model, hw: tuple[int, int], padded_hw: Optional[tuple[int, int]]
 
 
 def profile_table(table: Table, flops: bool = True) -> list[Profile]:
+    from bench.resolve import canonical_hash
+
     register_all()
     out = []
+    counted: dict[str, tuple[str, Any]] = {}  # model config + input size -> (first row, FlopCount): counted once
     for row in table.rows:
         st, reason = row_status(row)
         p = Profile(table.name, row.position, row.id, row.label, str(st),
@@ -183,12 +186,17 @@ def profile_table(table: Table, flops: bool = True) -> list[Profile]:
             hw, why = input_hw(row, cfg)
             p.input_hw, p.padded_hw, p.input_source = hw, padded(model, hw), why
             if flops:
-                c = model_flops(model, hw, p.padded_hw)
+                key = canonical_hash({"model": cfg.get("model"), "hw": hw, "padded": p.padded_hw})
+                first, c = counted.get(key, (None, None))
+                if c is None:
+                    c = model_flops(model, hw, p.padded_hw)
+                    counted[key] = (row.id, c)
                 p.gflops = round(c.gflops, 2) if c.gflops is not None else None
                 p.gflops_rel_diff = _rel(p.gflops, p.published_gflops)
                 p.flops_mode, p.uncounted_ops = c.mode, dict(sorted(c.uncounted.items()))
                 size = f"input {hw[0]}x{hw[1]}" + (f" (padded to {p.padded_hw[0]}x{p.padded_hw[1]})"
                                                    if p.padded_hw != tuple(hw) else "") + f" from {why}"
-                p.note = "; ".join(x for x in (p.note, size, c.note) if x)
+                same = f"FLOPs of row {first!r} (the same model config and input)" if first else ""
+                p.note = "; ".join(x for x in (p.note, size, same, c.note) if x)
         del model
     return out

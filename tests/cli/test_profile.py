@@ -47,6 +47,8 @@ def test_flops_with_uncounted_ops_listed(cli, monkeypatch):
     assert tiny["flops_mode"] == "tensor"
     assert tiny["padded_hw"] == [800, 1344] and "test pipeline Resize" in tiny["input_source"]
     assert "input 800x1333 (padded to 800x1344)" in tiny["note"]
+    same = rows["tiny-nan"]  # differs in training only: counted once
+    assert same["gflops"] == tiny["gflops"] and "FLOPs of row 'tiny'" in same["note"]
 
 
 def test_input_size_is_the_rows_test_size():
