@@ -230,6 +230,12 @@ class FlopCount:
     error: str = ""
 
     @property
+    def deform_gflops(self) -> float:
+        """GFLOPs of mmcv's deformable ops themselves (their offset convs are ordinary convs, not included):
+        ``gflops - deform_gflops`` is what a counter without these handles (fvcore, detectron2's tools) gives."""
+        return sum(v for k, v in self.by_operator.items() if k.startswith("deform_")) / 1e9
+
+    @property
     def note(self) -> str:
         if self.gflops is None:
             return f"FLOPs not measured: {self.error}"

@@ -49,6 +49,7 @@ class Profile:
     input_source: str = ""                            # where input_hw came from
     flops_mode: str = ""                              # which forward was traced (bench/flops.py)
     uncounted_ops: dict[str, int] = field(default_factory=dict)   # compute ops with no FLOP count
+    deform_gflops: Optional[float] = None             # of gflops, mmcv's deformable ops (bench/flops.py)
     note: str = ""
 
 
@@ -194,6 +195,7 @@ def profile_table(table: Table, flops: bool = True) -> list[Profile]:
                 p.gflops = round(c.gflops, 2) if c.gflops is not None else None
                 p.gflops_rel_diff = _rel(p.gflops, p.published_gflops)
                 p.flops_mode, p.uncounted_ops = c.mode, dict(sorted(c.uncounted.items()))
+                p.deform_gflops = round(c.deform_gflops, 2) if c.deform_gflops else None
                 size = f"input {hw[0]}x{hw[1]}" + (f" (padded to {p.padded_hw[0]}x{p.padded_hw[1]})"
                                                    if p.padded_hw != tuple(hw) else "") + f" from {why}"
                 same = f"FLOPs of row {first!r} (the same model config and input)" if first else ""

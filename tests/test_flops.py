@@ -42,6 +42,11 @@ def test_deform_conv_counts_conv_plus_sampling():
     dcn, note = _gflops(DeformConv2dPack(8, 16, 3, stride=2, padding=1), (1, 8, 20, 24))
     offset_conv = 2 * 3 * 3 * 8 * 3 * 3 * POS   # conv_offset: 8 -> 18 (x, y per kernel tap) channels, 3x3
     assert dcn == CONV + offset_conv + 4 * SAMPLED   # 4 multiply-adds per bilinear sample
+    from bench.flops import count_flops
+
+    c = count_flops(_Only(DeformConv2dPack(8, 16, 3, stride=2, padding=1)),
+                    {"inputs": torch.zeros(1, 8, 20, 24), "data_samples": None})
+    assert round(c.deform_gflops * 1e9) == CONV + 4 * SAMPLED  # the deformable op alone, without conv_offset
     assert "DeformConv2dFunction" not in note.split("uncounted ops:")[1].split(";")[0]
 
 
