@@ -66,4 +66,28 @@ log "installing bench and pinned dependencies"
 "${PIP[@]}" -e ".$EXTRAS"
 "$VPY" -c "import mmcv.ops, mmdet, mmengine; from mmcv.ops import RoIAlign, nms" \
   || { echo "install.sh: mmcv ops failed to import" >&2; exit 1; }
+
+# --dev: the system packages the test suite uses for real (a single-node SLURM cluster, headless
+# Chromium for the HTML report), installed when this user can (root with apt-get); otherwise stop
+# here, before the tests, with the exact commands to run.
+if [[ -n "$EXTRAS" ]]; then
+  need=()
+  scripts/slurm-cluster missing >/dev/null 2>&1 || need+=(slurm)
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
+  if (( ${#need[@]} )); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      if [[ " ${need[*]} " == *" slurm "* ]]; then log "installing the SLURM packages (scripts/slurm-cluster install)"; scripts/slurm-cluster install; fi
+      if [[ " ${need[*]} " == *" chromium "* ]]; then
+        log "installing chromium (headless browser for the HTML report tests)"
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+      fi
+    else
+      echo "install.sh: the tests need system packages this user cannot install (${need[*]}); as root run:" >&2
+      [[ " ${need[*]} " == *" slurm "* ]] && echo "  sudo scripts/slurm-cluster install" >&2
+      [[ " ${need[*]} " == *" chromium "* ]] && echo "  sudo apt-get install -y chromium" >&2
+      exit 1
+    fi
+  fi
+fi
 log "done: $("$VENV/bin/bench" --version)"
