@@ -1,5 +1,5 @@
 """Modules of "Multi-Task Learning via Scale Aware Feature Pyramid Networks and Effective Joint
-Head" (Ni, Yao; /work/shared/papers/sa-fpn-ej-head.txt), written from the paper's text for
+Head" (Ni, Yao; ``../shared/papers/sa-fpn-ej-head.txt``), written from the paper's text for
 mmdet 3.3.  Type names and arguments are the ones the recipes (recipes/sa-fpn/) already use.
 
 Necks (Sec. 3.1, Fig. 1b, Fig. 2, Table 3); all take ResNet (C2, C3, C4, C5) like mmdet's FPN
@@ -13,13 +13,16 @@ and return ``num_outs`` maps of ``out_channels`` at strides 4..64:
 
 RoI heads (Sec. 3.2, Fig. 1b, Fig. 3, Tables 4 and 5):
 
-* :class:`BoundaryRefinement`  stacked 3x3 convs on the box RoI features, with an optional
-  identity shortcut (Fig. 3; Table 5's "Simple Conv x N" rows have no shortcut).
-* :class:`EJHead`        a StandardRoIHead with "Interleaving" (mask branch trained on the box
-  head's own predicted boxes) and an optional BoundaryRefinement before the box head's FCs.
-  "Enriched Feature" (14x14 box RoIs) is plain mmdet config (roi_layer.output_size,
-  bbox_head.roi_feat_size) and needs no code.
-* :class:`EJCascadeHead` the same two operations at every stage of a CascadeRoIHead (Table 2).
+* :class:`BoundaryRefinement`  stacked 3x3 convs on the RoI features, with an optional identity
+  shortcut (Fig. 3; Table 5's "Simple Conv x N" rows have no shortcut).
+* :class:`EJHead`        the Effective *Joint* Head on a StandardRoIHead: detection and
+  segmentation "merged into a single branch" (Sec. 1).  One RoI feature path serves both tasks:
+  the mask head reads the box head's RoI extractor (when "Enriched Feature" makes both 14x14, they
+  are one module) and the BoundaryRefinement convs ("Shared Conv", Sec. 1) run on that path before
+  *both* the box head and the mask head; "Interleaving" feeds the box head's own predicted boxes
+  (IoU >= 0.5 with a ground truth) to the mask head in training.  "Enriched Feature" (14x14 box
+  RoIs) is plain mmdet config (roi_layer.output_size, bbox_head.roi_feat_size).
+* :class:`EJCascadeHead` the same joint head at every stage of a CascadeRoIHead (Table 2).
 
 Every reading of a passage the paper leaves open is listed in ``sa_fpn.md``; the main ones:
 
@@ -34,8 +37,10 @@ Every reading of a passage the paper leaves open is listed in ``sa_fpn.md``; the
    bias and no norm/activation.
 3. BoundaryRefinement convs: 3x3, 256 -> 256, bias, ReLU after each conv, no norm; the
    shortcut adds the input to the branch output (Fig. 3: "two branches are added at the pixel
-   level") with no activation after the sum.  It refines only the box path's RoI features
-   (the mask branch keeps its own 14x14 RoI extractor, as the recipes note).
+   level") with no activation after the sum.  With ``joint=True`` (the default, the paper's
+   "unified path" / "Shared Conv") the same BR module refines the box RoI features and the mask
+   RoI features; ``joint=False`` keeps the earlier reading (BR on the box path only, separate
+   mask RoI extractor), kept only to measure the alternative.
 4. Interleaving (Sec. 3.2): in training, after the box head has run on the sampled RoIs, each
    RoI's box is decoded with the regression of the class the head scores highest (the box a
    detection of that RoI would have at test time), detached, clipped to the image; boxes whose
@@ -298,20 +303,40 @@ def _interleaved_sampling(bbox_head, rois: Tensor, cls_score: Tensor, bbox_pred:
     return results
 
 
+def _same_extractor(a: OptConfigType, b: OptConfigType) -> bool:
+    """Whether two RoI extractor configs describe the same (parameter-free) RoIAlign extractor."""
+    if a is None or b is None or isinstance(a, list) or isinstance(b, list):
+        return False
+    return dict(a) == dict(b)
+
+
 @MODELS.register_module()
 class EJHead(StandardRoIHead):
-    """Effective Joint Head (paper Sec. 3.2, Fig. 1b, Fig. 3; Tables 2, 4, 5) on mmdet's
+    """Effective Joint Head (paper Sec. 1, Sec. 3.2, Fig. 1b, Fig. 3; Tables 2, 4, 5) on mmdet's
     StandardRoIHead.
 
+    The paper "merg[es] the detection branch and the instance segmentation branch into single
+    branch" (Sec. 1): "the whole flow of information goes through an unified path", on which
+    "we can add additional convolutions" (Boundary Refinement; "Shared Conv" in Sec. 1).  With
+    ``joint=True`` this head therefore has one RoI feature path for both tasks:
+
+    * one RoI extractor: when the mask extractor's config equals the box extractor's (14x14 once
+      "Enriched Feature" is on), the mask head reads the box extractor (mmdet's
+      ``share_roi_extractor``); with 7x7 box RoIs the mask head keeps its own 14x14 RoIAlign, which
+      is the same parameter-free operator at another output size;
+    * one BoundaryRefinement, applied to the RoI features of *both* heads (box RoIs before the box
+      head's FCs, mask RoIs before the mask head's convs), in training and at test time;
+    * Interleaving: in training the mask head is fed the box head's predicted boxes with IoU >=
+      ``interleaving_iou_thr`` to a ground truth ("we simply connect the segmentation branch behind
+      the detection head in series when training"); at test time mmdet already predicts masks on
+      the detected boxes.
+
     Args:
-        interleaving: train the mask branch on the box head's predicted boxes that have
-            IoU >= ``interleaving_iou_thr`` with a ground-truth box, instead of on the sampled
-            RPN proposals ("Interleaving": "we simply connect the segmentation branch behind the
-            detection head in series when training, feeding the bounding box predictions of the
-            detection into the mask head").  Testing is unchanged (masks on the detections).
+        interleaving: train the mask branch on the box head's own predicted boxes (Sec. 3.2).
         interleaving_iou_thr: the IoU filter, 0.5 in the paper.
-        boundary_refinement: None or a :class:`BoundaryRefinement` config, applied to the box
-            RoI features right before the box head (its shared FCs).
+        boundary_refinement: None or a :class:`BoundaryRefinement` config.
+        joint: True (the paper's unified path, above).  False: the earlier two-branch reading (BR on
+            the box path only, separate mask RoI extractor); kept to measure the alternative.
         Other arguments: as StandardRoIHead.  "Enriched Feature" is
         ``bbox_roi_extractor.roi_layer.output_size=14`` and ``bbox_head.roi_feat_size=14``.
     """
@@ -321,18 +346,24 @@ class EJHead(StandardRoIHead):
                  interleaving: bool = True,
                  interleaving_iou_thr: float = 0.5,
                  boundary_refinement: OptConfigType = None,
+                 joint: bool = True,
                  **kwargs) -> None:
+        if joint and _same_extractor(kwargs.get('mask_roi_extractor'),
+                                     kwargs.get('bbox_roi_extractor')):
+            kwargs['mask_roi_extractor'] = None  # one extractor: StandardRoIHead shares it
         super().__init__(*args, **kwargs)
         self.interleaving = interleaving
         self.interleaving_iou_thr = interleaving_iou_thr
+        self.joint = joint
         self.boundary_refinement = (MODELS.build(boundary_refinement)
                                     if boundary_refinement else None)
 
     def _bbox_forward(self, x: Tuple[Tensor], rois: Tensor) -> dict:
         """StandardRoIHead's box forward with BoundaryRefinement between RoIAlign and the box head.
 
-        ``bbox_feats`` in the result stays the raw RoI features, so a mask branch that shares the
-        box RoI extractor sees the same features in training as in testing."""
+        ``bbox_feats`` in the result stays the raw RoI features; :meth:`_mask_forward` applies BR
+        itself, so a mask head that reuses them (shared extractor, no Interleaving) sees exactly
+        what it sees at test time."""
         bbox_feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
         if self.with_shared_head:
             bbox_feats = self.shared_head(bbox_feats)
@@ -341,6 +372,22 @@ class EJHead(StandardRoIHead):
             head_in = self.boundary_refinement(bbox_feats)
         cls_score, bbox_pred = self.bbox_head(head_in)
         return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=bbox_feats)
+
+    def _mask_forward(self, x: Tuple[Tensor], rois: Optional[Tensor] = None,
+                      pos_inds: Optional[Tensor] = None,
+                      bbox_feats: Optional[Tensor] = None) -> dict:
+        """StandardRoIHead's mask forward; with ``joint`` the mask RoI features pass through the
+        same BoundaryRefinement as the box RoI features ("Shared Conv") before the mask head."""
+        assert (rois is not None) ^ (pos_inds is not None and bbox_feats is not None)
+        if rois is not None:
+            mask_feats = self.mask_roi_extractor(x[:self.mask_roi_extractor.num_inputs], rois)
+            if self.with_shared_head:
+                mask_feats = self.shared_head(mask_feats)
+        else:
+            mask_feats = bbox_feats[pos_inds]
+        if self.joint and self.boundary_refinement is not None:
+            mask_feats = self.boundary_refinement(mask_feats)
+        return dict(mask_preds=self.mask_head(mask_feats), mask_feats=mask_feats)
 
     def bbox_loss(self, x: Tuple[Tensor], sampling_results: List[SamplingResult]) -> dict:
         results = super().bbox_loss(x, sampling_results)
@@ -384,13 +431,16 @@ class EJHead(StandardRoIHead):
 
 @MODELS.register_module()
 class EJCascadeHead(CascadeRoIHead):
-    """EJ-Head applied to every stage of mmdet's CascadeRoIHead (paper Table 2, last row; how the
+    """The joint EJ-Head at every stage of mmdet's CascadeRoIHead (paper Table 2, last row; how the
     paper applies EJ-Head to a cascade is not stated).
 
-    Stage ``t`` gets its own :class:`BoundaryRefinement` (built from the one config, like the
-    per-stage box heads) before its box head, and with ``interleaving`` its mask head is trained
-    on stage ``t``'s own predicted boxes with IoU >= ``interleaving_iou_thr`` (a float, or one per
-    stage) instead of on stage ``t``'s sampled RoIs.  Testing is CascadeRoIHead's.
+    Stage ``t`` is an :class:`EJHead` with ``joint=True``: its own :class:`BoundaryRefinement`
+    (built from the one config, like the per-stage box heads) refines stage ``t``'s box RoI
+    features and its mask RoI features; stage ``t``'s mask head reads stage ``t``'s box extractor
+    when their configs are equal (14x14, "Enriched Feature"); with ``interleaving`` stage ``t``'s
+    mask head is trained on stage ``t``'s own predicted boxes with IoU >= ``interleaving_iou_thr``
+    (a float, or one per stage).  Testing is CascadeRoIHead's (masks of every stage on the final
+    boxes, averaged), each stage's mask head behind its stage's BR.
     """
 
     def __init__(self,
@@ -398,9 +448,14 @@ class EJCascadeHead(CascadeRoIHead):
                  interleaving: bool = True,
                  interleaving_iou_thr: Union[float, Sequence[float]] = 0.5,
                  boundary_refinement: OptConfigType = None,
+                 joint: bool = True,
                  **kwargs) -> None:
+        if joint and _same_extractor(kwargs.get('mask_roi_extractor'),
+                                     kwargs.get('bbox_roi_extractor')):
+            kwargs['mask_roi_extractor'] = None  # CascadeRoIHead then shares each stage's extractor
         super().__init__(*args, **kwargs)
         self.interleaving = interleaving
+        self.joint = joint
         if isinstance(interleaving_iou_thr, (int, float)):
             interleaving_iou_thr = [float(interleaving_iou_thr)] * self.num_stages
         assert len(interleaving_iou_thr) == self.num_stages
@@ -421,6 +476,13 @@ class EJCascadeHead(CascadeRoIHead):
             head_in = self.boundary_refinement[stage](bbox_feats)
         cls_score, bbox_pred = self.bbox_head[stage](head_in)
         return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=bbox_feats)
+
+    def _mask_forward(self, stage: int, x: Tuple[Tensor], rois: Tensor) -> dict:
+        extractor = self.mask_roi_extractor[stage]
+        mask_feats = extractor(x[:extractor.num_inputs], rois)
+        if self.joint and self.boundary_refinement is not None:
+            mask_feats = self.boundary_refinement[stage](mask_feats)
+        return dict(mask_preds=self.mask_head[stage](mask_feats))
 
     def loss(self, x: Tuple[Tensor], rpn_results_list: InstanceList,
              batch_data_samples: SampleList) -> dict:

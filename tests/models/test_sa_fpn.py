@@ -275,22 +275,25 @@ def _train_and_predict(model, mask_loss_keys):
 
 
 def test_full_model_sa_fpn_ej_head_trains_and_predicts():
-    """Table 2 'Mask R-CNN + SA-FPN + EJ-Head (Ours)' (R-50, recipe config, 3 classes): finite
+    """Table 2 'Mask R-CNN + SA-FPN + EJ-Head (Ours)' (recipe config, cut to ResNet-18 and 16
+    channels, 3 classes): finite
     losses that reach the new modules; the mask branch is fed by Interleaving; predictions are
     DetDataSamples with masks at the original size."""
-    model = MODELS.build(row_model_cfg('table-2', 'ours-r50', num_classes=3, few_rois=True))
+    model = MODELS.build(tiny_model_cfg('table-2', 'ours-r50'))
     roi = model.roi_head
     assert isinstance(model.neck, SAFPN) and isinstance(roi, EJHead)
-    assert roi.interleaving and roi.boundary_refinement.shortcut
+    assert roi.interleaving and roi.boundary_refinement.shortcut and roi.joint
     assert roi.bbox_roi_extractor.roi_layers[0].output_size == (14, 14)  # Enriched Feature
-    assert roi.bbox_head.shared_fcs[0].in_features == 256 * 14 * 14
+    assert roi.bbox_head.shared_fcs[0].in_features == 16 * 14 * 14
 
     seen = {}
+    mask_forward = roi._mask_forward
 
-    def grab(module, args, output):  # first call = the training forward
-        seen.setdefault('rois', args[1])
+    def grab(x, rois=None, **kw):  # first call = the training forward
+        seen.setdefault('rois', rois)
+        return mask_forward(x, rois, **kw)
 
-    roi.mask_roi_extractor.register_forward_hook(grab)
+    roi._mask_forward = grab
     _train_and_predict(model, {'loss_mask', 'loss_cls', 'loss_bbox'})
     # Interleaving: every training mask RoI overlaps a ground truth of its image by >= 0.5
     rois = seen['rois']
@@ -306,25 +309,10 @@ def test_full_model_sa_fpn_ej_head_trains_and_predicts():
     assert model.neck.bottom_up.downsample_convs[0].conv.weight.grad is not None
 
 
-def test_cascade_ej_head_trains_and_predicts():
-    """Table 2 'Cascade Mask R-CNN + SA-FPN + EJ-Head': three stages, each with its own BR and
-    an interleaved mask branch; cascade inference with masks."""
-    model = MODELS.build(row_model_cfg('table-2', 'cascade-ours-r50', num_classes=3, few_rois=True))
-    roi = model.roi_head
-    assert type(roi).__name__ == 'EJCascadeHead' and len(roi.boundary_refinement) == 3
-    assert all(h.shared_fcs[0].in_features == 256 * 14 * 14 for h in roi.bbox_head)
-    losses = _train_and_predict(model, {f's{i}.loss_mask' for i in range(3)})
-    assert all(torch.isfinite(losses[f's{i}.loss_mask']) for i in range(3))
-    assert all(br.convs[1].conv.weight.grad is not None for br in roi.boundary_refinement)
-
-
 def test_ej_head_without_interleaving_is_standard_training():
     """Table 5 rows (BR only, interleaving false): the mask branch trains on sampled positives
     as in Mask R-CNN; the box head sees BR(RoI features)."""
-    cfg = row_model_cfg('table-5', 'conv-x1', num_classes=3, few_rois=True)
-    cfg.backbone.depth = 18
-    cfg.neck.in_channels = [64, 128, 256, 512]
-    model = MODELS.build(cfg)
+    model = MODELS.build(tiny_model_cfg('table-5', 'conv-x1'))
     roi = model.roi_head
     assert not roi.interleaving and not roi.boundary_refinement.shortcut
     calls = []
@@ -334,7 +322,7 @@ def test_ej_head_without_interleaving_is_standard_training():
 
     roi.boundary_refinement.register_forward_hook(grab)
     _train_and_predict(model, {'loss_mask'})
-    assert calls and calls[0][1:] == (256, 7, 7)
+    assert calls and calls[0][1:] == (16, 7, 7)
 
 
 @pytest.mark.parametrize('key', sorted(MEASURED_PARAMS))
@@ -362,11 +350,8 @@ def test_parameter_increments_match_layer_arithmetic():
 
 def test_interleaving_batch_without_objects():
     """Interleaving on a batch with no ground truth: no mask positives, a zero mask loss that
-    still backpropagates (ResNet-18 backbone to keep it cheap; the head is the recipe's)."""
-    cfg = row_model_cfg('table-4', 'interleaving', num_classes=3, few_rois=True)
-    cfg.backbone.depth = 18
-    cfg.neck.in_channels = [64, 128, 256, 512]
-    model = MODELS.build(cfg)
+    still backpropagates (the recipe's head, cut to ResNet-18 and 16 channels)."""
+    model = MODELS.build(tiny_model_cfg('table-4', 'interleaving'))
     model.init_weights()
     model.train()
     g = torch.Generator().manual_seed(0)
@@ -375,3 +360,235 @@ def test_interleaving_batch_without_objects():
     losses = model(**model.data_preprocessor(data, True), mode='loss')
     assert float(losses['loss_mask']) == 0.0 and float(losses['loss_cls']) > 0
     sum(v for k, v in losses.items() if 'loss' in k and torch.is_tensor(v)).backward()
+
+
+# ------------------------------------------------------------------------------ joint head (tiny)
+def tiny_model_cfg(table: str, row_id: str, width: int = 16) -> ConfigDict:
+    """The recipe row's model with every width cut down (ResNet-18, ``width`` FPN/RoI channels,
+    64-d FCs, 3 classes, few RoIs): same head types and settings, a fraction of a second a step."""
+    cfg = row_model_cfg(table, row_id, num_classes=3, few_rois=True)
+    cfg.backbone.depth = 18
+    cfg.neck.in_channels = [64, 128, 256, 512]
+    cfg.neck.out_channels = width
+    cfg.rpn_head.in_channels = cfg.rpn_head.feat_channels = width
+    roi = cfg.roi_head
+    roi.bbox_roi_extractor.out_channels = width
+    roi.mask_roi_extractor.out_channels = width
+    for h in roi.bbox_head if isinstance(roi.bbox_head, list) else [roi.bbox_head]:
+        h.in_channels, h.fc_out_channels = width, 64
+    roi.mask_head.in_channels = roi.mask_head.conv_out_channels = width
+    if roi.get('boundary_refinement'):
+        roi.boundary_refinement.in_channels = width
+    return cfg
+
+
+def _train_losses(model):
+    torch.manual_seed(0)
+    model.init_weights()
+    model.train()
+    return model(**model.data_preprocessor(copy.deepcopy(synthetic_batch()), True), mode='loss')
+
+
+def _capture(module, store: list):
+    return module.register_forward_hook(lambda m, args, out: store.append((args[0], out)))
+
+
+@pytest.mark.parametrize('joint', [True, False])
+def test_joint_head_one_roi_path_for_box_and_mask(joint):
+    """EJ-Head as one branch (Sec. 1 "merging the detection branch and the instance segmentation
+    branch into single branch", Sec. 3.2 "the whole flow of information goes through an unified
+    path"): with Enriched Feature both heads read one 14x14 RoI extractor, and the Boundary
+    Refinement convs ("Shared Conv") refine the mask head's RoI features as well as the box
+    head's, in training and at test time.  ``joint=False`` is the two-branch reading."""
+    cfg = tiny_model_cfg('table-4', 'ej-head')
+    cfg.roi_head.joint = joint
+    model = MODELS.build(cfg)
+    roi = model.roi_head
+    assert roi.joint is joint
+    assert roi.share_roi_extractor is joint
+    assert (roi.mask_roi_extractor is roi.bbox_roi_extractor) is joint
+    br_calls, mask_in = [], []
+    _capture(roi.boundary_refinement, br_calls)
+    roi.mask_head.register_forward_hook(lambda m, args, out: mask_in.append(args[0]))
+
+    losses = _train_losses(model)
+    assert torch.isfinite(losses['loss_mask'])
+    # training: the mask head's input is BR's output (joint) or the raw RoI features (two-branch)
+    assert len(mask_in) == 1
+    br_outs = [out for _, out in br_calls]
+    assert any(o is mask_in[0] for o in br_outs) is joint
+    assert len(br_calls) == (2 if joint else 1)   # box RoIs and, joint, mask RoIs
+    # the mask loss alone reaches BR's weights only through the shared path
+    model.zero_grad()
+    losses['loss_mask'].backward()
+    grad = roi.boundary_refinement.convs[0].conv.weight.grad
+    assert (grad is not None and bool(grad.abs().sum() > 0)) is joint
+
+    br_calls.clear(), mask_in.clear()
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(copy.deepcopy(synthetic_batch()), False),
+                        mode='predict')
+    assert len(results) == 2 and all(r.pred_instances.masks.dtype == torch.bool for r in results)
+    assert results[1].pred_instances.masks.shape[-2:] == (128, 160)
+    assert any(o is mask_in[0] for _, o in br_calls) is joint
+
+
+def test_joint_head_tensor_forward_runs_the_mask_path_through_br():
+    """mmdet's tensor mode (what `bench profile` counts FLOPs on) runs BR on the mask RoIs too."""
+    model = MODELS.build(tiny_model_cfg('table-2', 'ours-r50'))
+    model.init_weights()
+    model.eval()
+    calls = []
+    _capture(model.roi_head.boundary_refinement, calls)
+    data = model.data_preprocessor(copy.deepcopy(synthetic_batch()), False)
+    with torch.no_grad():
+        out = model(**data, mode='tensor')
+    assert len(out[-1]) == 3  # the RoI head's (cls_score, bbox_pred, mask_preds)
+    assert [tuple(o.shape[-2:]) for _, o in calls] == [(14, 14), (14, 14)]
+
+
+def test_joint_head_without_enriched_feature_keeps_a_14x14_mask_extractor():
+    """Table 5 rows (7x7 box RoIs, BR only): the two sizes cannot share one RoIAlign, but the BR
+    convs still serve both heads (Sec. 4.4: more stacked convs "will harm the performance of mask
+    prediction")."""
+    model = MODELS.build(tiny_model_cfg('table-5', 'conv-x3'))
+    roi = model.roi_head
+    assert roi.joint and not roi.share_roi_extractor
+    calls = []
+    _capture(roi.boundary_refinement, calls)
+    losses = _train_losses(model)
+    assert [tuple(o.shape[-2:]) for _, o in calls] == [(7, 7), (14, 14)]
+    assert torch.isfinite(losses['loss_mask'])
+
+
+def test_joint_cascade_head_trains_and_predicts():
+    """Table 2 'Cascade Mask R-CNN + SA-FPN + EJ-Head' on the joint head: every stage's mask head
+    reads its stage's box extractor and sits behind its stage's BR; each stage's mask loss reaches
+    that stage's BR only."""
+    model = MODELS.build(tiny_model_cfg('table-2', 'cascade-ours-r50'))
+    roi = model.roi_head
+    assert type(roi).__name__ == 'EJCascadeHead' and roi.joint and roi.share_roi_extractor
+    assert len(roi.boundary_refinement) == 3 and roi.interleaving
+    assert all(h.shared_fcs[0].in_features == 16 * 14 * 14 for h in roi.bbox_head)
+    assert all(m is b for m, b in zip(roi.mask_roi_extractor, roi.bbox_roi_extractor))
+    stage_inputs = {s: [] for s in range(3)}
+    br_outs = {s: [] for s in range(3)}
+    for s in range(3):
+        roi.mask_head[s].register_forward_hook(
+            lambda m, args, out, s=s: stage_inputs[s].append(args[0]))
+        roi.boundary_refinement[s].register_forward_hook(
+            lambda m, args, out, s=s: br_outs[s].append(out))
+    losses = _train_losses(model)
+    for s in range(3):
+        assert torch.isfinite(losses[f's{s}.loss_mask'])
+        assert any(o is stage_inputs[s][0] for o in br_outs[s])
+    model.zero_grad()
+    losses['s1.loss_mask'].backward()
+    grads = [br.convs[0].conv.weight.grad for br in roi.boundary_refinement]
+    assert grads[1] is not None and bool(grads[1].abs().sum() > 0)
+    assert grads[0] is None or bool(grads[0].abs().sum() == 0)   # stage 0's BR: not on stage 1's path
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(copy.deepcopy(synthetic_batch()), False),
+                        mode='predict')
+    assert len(results) == 2
+    assert results[0].pred_instances.masks.shape[-2:] == (64, 96)
+
+
+# ------------------------------------------------------------------------------ ablation diffs
+def _flat(node, prefix=''):
+    """A resolved config as {dotted path: leaf value} (lists by index)."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f'{prefix}{k}.'))
+        return out or {prefix[:-1]: {}}
+    if isinstance(node, (list, tuple)):
+        out = {}
+        for i, v in enumerate(node):
+            out.update(_flat(v, f'{prefix}{i}.'))
+        return out or {prefix[:-1]: []}
+    return {prefix[:-1]: node}
+
+
+def config_diff(a, b) -> dict:
+    """Paths whose value differs between two rows' resolved configs: {path: (a, b)}."""
+    fa, fb = _flat(row_config(a.model).to_dict()), _flat(row_config(b.model).to_dict())
+    return {k: (fa.get(k, '<absent>'), fb.get(k, '<absent>'))
+            for k in sorted(set(fa) | set(fb)) if fa.get(k, '<absent>') != fb.get(k, '<absent>')}
+
+
+RH = 'model.roi_head.'
+NECK = 'model.neck.'
+# EJ-Head's switches (their values are checked against the label below: interleaving false and
+# boundary_refinement null are inert)
+EJ_TYPE = {RH + 'type', RH + 'joint', RH + 'interleaving_iou_thr', RH + 'interleaving',
+           RH + 'boundary_refinement'}
+COMPONENT_PATHS = {
+    'sa_fpn': (NECK,),
+    'interleaving': (RH + 'interleaving',),
+    'enriched_feature': (RH + 'bbox_roi_extractor.roi_layer.output_size',
+                         RH + 'bbox_head.roi_feat_size', RH + 'bbox_head.0.roi_feat_size',
+                         RH + 'bbox_head.1.roi_feat_size', RH + 'bbox_head.2.roi_feat_size'),
+    'boundary_refinement': (RH + 'boundary_refinement',),
+}
+EJ_HEAD = ('interleaving', 'enriched_feature', 'boundary_refinement')
+# every sa-fpn row with a `baseline:` and the components its label says it changes
+LABELLED = {
+    ('table-1', 'ours'): ('sa_fpn',) + EJ_HEAD,
+    ('table-2', 'sa-fpn-r50'): ('sa_fpn',),
+    ('table-2', 'ej-head-r50'): EJ_HEAD,
+    ('table-2', 'ours-r50'): ('sa_fpn',) + EJ_HEAD,
+    ('table-2', 'ours-r101'): ('sa_fpn',) + EJ_HEAD,
+    ('table-2', 'cascade-ours-r50'): ('sa_fpn',) + EJ_HEAD,
+    ('table-3', 'bu-fpn'): ('sa_fpn',),
+    ('table-3', 'buf-fpn'): ('sa_fpn',),
+    ('table-3', 'td-add-buf-fpn'): ('sa_fpn',),
+    ('table-3', 'sa-fpn'): ('sa_fpn',),
+    ('table-4', 'interleaving'): ('interleaving',),
+    ('table-4', 'enriched-feature'): ('enriched_feature',),
+    ('table-4', 'boundary-refinement'): ('boundary_refinement',),
+    ('table-4', 'interleaving-enriched'): ('interleaving', 'enriched_feature'),
+    ('table-4', 'ej-head'): EJ_HEAD,
+    ('table-5', 'conv-x1'): ('boundary_refinement',),
+    ('table-5', 'conv-x2'): ('boundary_refinement',),
+    ('table-5', 'conv-x3'): ('boundary_refinement',),
+    ('table-5', 'conv-x2-shortcut'): ('boundary_refinement',),
+}
+
+
+def _rows_with_baseline():
+    out = []
+    for t in sorted(RECIPES.glob('table-*.yaml')):
+        tab = load_table(t)
+        by_id = {r.id: r for r in tab.rows}
+        for r in tab.rows:
+            if r.baseline:
+                out.append((t.stem, r, by_id[r.baseline]))
+    return out
+
+
+def test_every_baseline_row_is_checked():
+    assert {(t, r.id) for t, r, _ in _rows_with_baseline()} == set(LABELLED)
+
+
+@pytest.mark.parametrize('table,row,base', _rows_with_baseline(),
+                         ids=lambda x: getattr(x, 'id', x))
+def test_ablation_row_differs_from_its_baseline_in_the_labelled_component_only(table, row, base):
+    """The resolved config of each row with a ``baseline:`` differs from the baseline's only in the
+    paths of the components its label names (EJHead's type switch included), and it does change
+    each of them; components not named keep their inert value."""
+    comps = LABELLED[(table, row.id)]
+    diff = config_diff(base, row)
+    allowed = tuple(p for c in comps for p in COMPONENT_PATHS[c])
+    ej = any(c in EJ_HEAD for c in comps)
+    stray = [k for k in diff if not k.startswith(allowed) and not (ej and k in EJ_TYPE)]
+    assert not stray, f'{table}/{row.id} vs {base.id}: changes outside {comps}: {stray}'
+    for c in comps:
+        assert any(k.startswith(COMPONENT_PATHS[c]) for k in diff), f'{c} unchanged in {row.id}'
+    flat = _flat(row_config(row.model).to_dict())
+    if flat.get(RH + 'type') in ('EJHead', 'EJCascadeHead'):
+        assert flat[RH + 'interleaving'] is ('interleaving' in comps)
+        has_br = any(k.startswith(RH + 'boundary_refinement.') for k in flat)
+        assert has_br is ('boundary_refinement' in comps)
