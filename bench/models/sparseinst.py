@@ -1,5 +1,5 @@
 """SparseInst (Cheng et al., "Sparse Instance Activation for Real-Time Instance Segmentation", CVPR 2022),
-the baseline of AMF-SparseInst (Chen et al., ITC 2024; ``/work/shared/papers/amf-sparseinst.txt``).
+the baseline of AMF-SparseInst (Chen et al., ITC 2024; ``../shared/papers/amf-sparseinst.txt``).
 
 The AMF paper does not restate SparseInst; it says (Sec. 4.7) that SparseInst was retrained "in our
 environment" with SparseInst's own code base (detectron2).  This file re-implements that model in mmdet 3.x
@@ -130,7 +130,7 @@ class InstanceContextEncoder(nn.Module):
         self.fpn = TopDownFPN(in_channels, out_channels)
         self.ppm = PyramidPoolingModule(out_channels, out_channels // 4)
         self.fusion = nn.Conv2d(out_channels * len(in_channels), out_channels, 1)
-        c2_xavier_fill(self.fusion)
+        c2_msra_fill(self.fusion)  # SparseInst's encoder.py: c2_msra_fill(self.fusion)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         outs = self.fpn(feats[-len(self.in_channels):], context=self.ppm)
