@@ -414,3 +414,194 @@ def test_run_lock_is_owned_by_one_live_process_and_a_dead_owner_is_stale(tmp_pat
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+# ================================================ real `bench run` processes: concurrency and kills
+def _wait_for_state(runs: Path, pred, timeout: float = 600, proc: subprocess.Popen | None = None) -> tuple[Path, dict]:
+    deadline = time.time() + timeout
+    last: dict = {}
+    while time.time() < deadline:
+        for path in runs.glob("*/state.json"):
+            try:
+                last = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if pred(last):
+                return path.parent, last
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"bench run ended early (exit {proc.returncode}): {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.3)
+    raise AssertionError(f"state never reached: {last}")
+
+
+def _running(min_iter: int):
+    return lambda s: s.get("state") == "running" and (s.get("iter") or 0) >= min_iter
+
+
+def _alive(pid: int) -> bool:
+    from bench import proc
+
+    return proc.start_ticks(pid) is not None and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_two_concurrent_runs_of_the_same_row_train_it_once(tmp_path):
+    env = bench_env(tmp_path / "results", tmp_path / "data")
+    cmd = [bench_exe(), "run", TABLE, "tiny", "--scale", str(TINY_SCALE)]
+    a = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    b = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out_a, _ = a.communicate(timeout=900)
+    out_b, _ = b.communicate(timeout=900)
+    outs = sorted([out_a, out_b], key=lambda o: "skipped" in o)
+    assert "1 run(s) done, 0 failed" in outs[0], outs[0]
+    assert "0 run(s) done, 0 failed, 1 skipped (running elsewhere)" in outs[1], outs[1]
+    assert f"on {socket.gethostname()}" in outs[1] and "running in PID" in outs[1]
+    work = next((tmp_path / "results" / "smoke" / "runs").iterdir())
+    assert len([d for d in (work / "train").iterdir() if d.is_dir()]) == 1  # one mmengine run: trained once
+    res = json.loads((tmp_path / "results" / "smoke" / TABLE / "tiny.json").read_text())
+    assert res["status"] == "done" and res["measurement"]["resumed_from"] is None
+
+
+def test_a_rerun_after_kill_9_of_the_parent_does_not_train_beside_the_orphan(tmp_path):
+    env = bench_env(tmp_path / "results", tmp_path / "data")
+    runs = tmp_path / "results" / "smoke" / "runs"
+    cmd = [bench_exe(), "run", TABLE, "tiny", "--scale", str(RESUME_SCALE)]
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = None
+    try:
+        work, state = _wait_for_state(runs, _running(2), proc=parent)
+        trainer = state["pid"]
+        parent.kill()  # kill -9 of `bench run`: its job keeps training, an orphan
+        parent.wait()
+        assert _alive(trainer)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert f"skipped: running in PID {trainer} on {socket.gethostname()}" in second.stdout, second.stdout
+        assert len([d for d in (work / "train").iterdir() if d.is_dir()]) == 1  # no second trainer started
+        assert _alive(trainer)
+        os.kill(trainer, signal.SIGKILL)  # now the orphan dies too, with nobody left to record it
+        deadline = time.time() + 60
+        while _alive(trainer) and time.time() < deadline:
+            time.sleep(0.2)
+        status = subprocess.run([bench_exe(), "status", TABLE, "--json"], env=env, capture_output=True, text=True,
+                                timeout=120)
+        row = next(r for r in json.loads(status.stdout) if r["row"] == "tiny")
+        assert row["run_status"] == "failed" and "process gone" in row["progress"], row
+    finally:
+        if trainer and _alive(trainer):
+            os.kill(trainer, signal.SIGKILL)
+
+
+def test_a_killed_job_is_recorded_as_killed_by_its_signal(tmp_path):
+    env = bench_env(tmp_path / "results", tmp_path / "data")
+    runs = tmp_path / "results" / "smoke" / "runs"
+    cmd = [bench_exe(), "run", TABLE, "tiny", "--scale", str(RESUME_SCALE)]
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _, state = _wait_for_state(runs, _running(2), proc=parent)
+    os.kill(state["pid"], signal.SIGKILL)  # the training process, as the OOM killer would
+    out, _ = parent.communicate(timeout=300)
+    assert parent.returncode == 1 and "killed (signal 9: SIGKILL)" in out, out
+    res = json.loads((tmp_path / "results" / "smoke" / TABLE / "tiny.json").read_text())
+    assert res["status"] == "failed" and "killed (signal 9: SIGKILL)" in res["failure"], res["failure"]
+
+
+# =========================================================================== a full disk (tmpfs)
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MiB tmpfs (root may mount one); skipped with the reason where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a small tmpfs")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root / CAP_SYS_ADMIN): {p.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_fails_each_row_with_its_reason_and_the_batch_goes_on(tmp_path, tiny_disk):
+    """The results folder's disk is full before anything starts: no raw OSError, every row of the
+    batch is reported with where its record could not be written."""
+    with open(tiny_disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    env = bench_env(tiny_disk / "results", tmp_path / "data")
+    p = subprocess.run([bench_exe(), "run", TABLE, "tiny", "tiny-nan", "--scale", str(TINY_SCALE)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "Traceback" not in out, out
+    for row in ("tiny", "tiny-nan"):
+        assert f"failed: {TABLE}/{row}: not started: could not write its job record" in out, out
+    assert "No space left on device" in out
+    assert not list(tiny_disk.rglob("*.tmp"))
+
+
+def test_a_disk_filling_up_during_training_records_the_failure_and_removes_the_partial_checkpoint(tmp_path, tiny_disk):
+    env = bench_env(tiny_disk / "results", tmp_path / "data")
+    p = subprocess.run([bench_exe(), "run", TABLE, "tiny", "--scale", str(TINY_SCALE)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "No space left on device" in out, out
+    assert not list(tiny_disk.rglob("*.pth")), "a partial checkpoint was left on the full disk"
+    res = json.loads((tiny_disk / "results" / "smoke" / TABLE / "tiny.json").read_text())
+    assert res["status"] == "failed" and "No space left on device" in res["failure"]
+    assert "partial checkpoint removed: iter_3.pth" in res["failure"]
+
+
+# ===================================================== checkpoints: hostile, corrupted, --force
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_refuses_hostile_and_corrupted_checkpoints_and_force_starts_clean(tmp_path, pipeline_run):
+    """In a copy of a finished run's results: a newer checkpoint whose pickle would run a command
+    (with a matching checksum: integrity is not trust), the newest real one zero-filled in the middle
+    (its zip directory intact, so it still "loads"). The rerun resumes from the older intact
+    checkpoint, runs nothing and says why it refused the others; `--force` then starts from scratch
+    with the old work dir moved aside, not deleted."""
+    import torch
+
+    src, data, first = pipeline_run
+    assert first.returncode in (0, 1), first.stdout + first.stderr
+    results = tmp_path / "results"
+    shutil.copytree(src, results)
+    row_file = results / "smoke" / TABLE / "tiny.json"
+    work = results / "smoke" / "runs" / Path(json.loads(row_file.read_text())["work_dir"]).name
+    train = work / "train"
+    assert (train / "iter_3.pth").exists() and (train / "iter_6.pth").exists()
+    blob = bytearray((train / "iter_6.pth").read_bytes())
+    mid = len(blob) // 2
+    blob[mid:mid + 4096] = bytes(4096)
+    (train / "iter_6.pth").write_bytes(bytes(blob))
+    marker = tmp_path / "pwned"
+    bomb = _Hostile()
+    bomb.marker = str(marker)
+    torch.save({"meta": {"iter": 9}, "state_dict": {}, "x": bomb}, train / "iter_9.pth")
+    (train / "iter_9.pth.sha256").write_text(json.dumps({"sha256": _sha(train / "iter_9.pth"),
+                                                         "size": (train / "iter_9.pth").stat().st_size}))
+    row_file.unlink()
+    (work / "result.json").unlink()
+
+    env = bench_env(results, data)
+    cmd = [bench_exe(), "run", TABLE, "tiny", "--scale", str(TINY_SCALE), "--cluster", "inline"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert not marker.exists(), "the checkpoint's pickle ran a command"
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = json.loads(row_file.read_text())["measurement"]
+    assert m["resumed_from"].endswith("iter_3.pth"), m["resumed_from"]
+    refused = " ".join(m["resume_refused"])
+    assert "iter_9.pth: refused" in refused and "system" in refused
+    assert "iter_6.pth: checksum mismatch" in refused
+
+    p = subprocess.run(cmd + ["--force"], env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "--force: moved the old work dir" in p.stdout
+    m = json.loads(row_file.read_text())["measurement"]
+    assert m["resumed_from"] is None and not m["resume_refused"]
+    aside = [d for d in work.parent.iterdir() if d.name.startswith(work.name + ".replaced-")]
+    assert len(aside) == 1 and (aside[0] / "train" / "iter_3.pth").exists()  # moved, not deleted
