@@ -10,9 +10,11 @@
 * :class:`EnhancedNonLocal2d` -- non-local block whose internal convolutions use 7x7 kernels
   (Sec. 3.2 and 4.6); :class:`RectConvBlock` -- "Conv 7x3 -> 3x7" (Sec. 4.6).
 
-Written from the paper's text against mmdet 3.3's interfaces (``BaseRoIHead``, ``BBoxHead``,
-``HTCMaskHead``, ``MaskIoUHead``, mmcv's ``NonLocal2d``).  Every reading of an ambiguous passage
-is listed in ``sbr_cnn.md``; the main ones are repeated in the docstrings below.
+Written from the paper's text (``../shared/papers/sbr-cnn.txt``) against mmdet 3.3's interfaces
+(``BaseRoIHead``, ``BBoxHead``, ``HTCMaskHead``, ``MaskIoUHead``, mmcv's ``NonLocal2d``); where the
+paper is silent or ambiguous the authors' released mmdetection 2.x fork (``configs/r3_cnn/``,
+``fcc2_bbox_head.py``, ``fcc_maskiou_head.py``, ``r3_roi_head.py``) was read for facts only.  Every
+reading of an ambiguous passage is listed in ``sbr_cnn.md``; the main ones are repeated below.
 """
 from __future__ import annotations
 
@@ -87,14 +89,16 @@ class RectConvBlock(nn.Module):
     """"Conv 7x3 -> 3x7" of Sec. 4.6: two consecutive convolutions with rectangular kernels,
     ``in_channels -> out_channels -> out_channels`` (256 -> 256 -> 256 as GRoIE pre/post module).
 
-    Each conv is an mmcv ``ConvModule`` (bias, ReLU, no norm: the paper gives no activation or
-    normalisation, so the form of the square "Conv k x k" GRoIE modules is used).  With a 7x3
-    kernel and padding 3 a 7x7 map becomes 7x11; the 3x7 kernel with padding 1 brings it back to
-    7x7 (Sec. 3.2: "7x3 with padding 3, and 3x7 with padding 1").
+    Each conv is an mmcv ``ConvModule`` (bias, ReLU, no norm), the form of the authors' GRoIE
+    configs (``faster_rcnn_r50_fpn_groie_1x_coco-v15.py`` / ``-post-v4.py``: two ConvModules,
+    ``kernel_size=(7, 3), padding=1`` then ``kernel_size=(3, 7), padding=3``).  Default paddings
+    are the authors' (1, 3): a 7x7 map becomes 3x7, then 7x7 again (an s x s map: (s-4) x s, then
+    s x s).  Sec. 3.2's text gives "7x3 with padding 3, and 3x7 with padding 1" (7x7 -> 7x11 ->
+    7x7), available as ``paddings=(3, 1)``; the parameter count is the same.
     """
 
     def __init__(self, in_channels: int = 256, out_channels: int = 256,
-                 kernel_sizes: Sequence = ((7, 3), (3, 7)), paddings: Sequence = (3, 1),
+                 kernel_sizes: Sequence = ((7, 3), (3, 7)), paddings: Sequence = (1, 3),
                  conv_cfg: OptConfigType = None, norm_cfg: OptConfigType = None,
                  act_cfg: OptConfigType = dict(type='ReLU'), inplace: bool = False) -> None:
         super().__init__()
@@ -116,17 +120,27 @@ class RectConvBlock(nn.Module):
 
 def build_l2c(in_channels: int, mode: str, channels: Sequence[int],
               conv_cfg: OptConfigType = None, norm_cfg: OptConfigType = None,
-              act_cfg: OptConfigType = dict(type='ReLU')) -> nn.Sequential:
+              act_cfg: OptConfigType = dict(type='ReLU'), post_reduce: bool = True,
+              rect_paddings: Sequence[int] = (1, 3)) -> nn.Sequential:
     """The L2C convolutions replacing the two big FC layers (Sec. 3.2, Fig. 4(b)/(c), Table 1).
 
     ``'7x7'``: ``in -> channels[0] -> channels[1]`` with 7x7 kernels, padding 3 (256 -> 128 -> 64).
-    ``'7x3->3x7'``: each 7x7 conv replaced by a 7x3 conv (padding 3, keeps the channels) and a 3x7
-    conv (padding 1, halves them): 256 -> 256 -> 128 -> 128 -> 64 (Table 1's conv1a/1b/2a/2b).
-    Every conv has a bias and is followed by ReLU (the FCs they replace are followed by ReLU;
-    the authors' released head uses ConvModule, i.e. conv + ReLU).
+    ``'7x3->3x7'``: each 7x7 conv replaced by a 7x3 conv then a 3x7 conv.  Which of the two halves
+    the channels is the authors' ``post_reduce`` switch (``FCC2BBoxHead`` of their fork):
+
+    * ``post_reduce=True`` (Table 1's conv1a/1b/2a/2b): the 7x3 conv keeps the channels, the 3x7
+      conv halves them, 256 -> 256 -> 128 -> 128 -> 64 (2,581,056 weights + biases);
+    * ``post_reduce=False`` (the authors' Table 6 row 6 head, ``r3_cnn-exp_5-row_3-fcc2_8.py``):
+      the 7x3 conv halves, the 3x7 conv keeps, 256 -> 128 -> 128 -> 64 -> 64 (1,290,624).
+
+    ``rect_paddings``: the authors' (1, 3) (7x3 pad 1: 7x7 -> 3x7; 3x7 pad 3: -> 7x7); Sec. 3.2's
+    text gives (3, 1) (7x7 -> 7x11 -> 7x7).  Same parameters, different intermediate map.
+    Every conv is a ConvModule (bias, ReLU), as in the authors' heads.
     """
     if mode not in L2C_MODES:
         raise ValueError(f'l2c must be one of {L2C_MODES}, got {mode!r}')
+    if len(rect_paddings) != 2:
+        raise ValueError(f'rect_paddings must be two ints (7x3 conv, 3x7 conv), got {rect_paddings!r}')
     layers = []
     cin = in_channels
     for cout in channels:
@@ -134,10 +148,13 @@ def build_l2c(in_channels: int, mode: str, channels: Sequence[int],
             layers.append(ConvModule(cin, cout, 7, padding=3, conv_cfg=conv_cfg,
                                      norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
         else:
-            layers.append(ConvModule(cin, cin, (7, 3), padding=3, conv_cfg=conv_cfg,
-                                     norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
-            layers.append(ConvModule(cin, cout, (3, 7), padding=1, conv_cfg=conv_cfg,
-                                     norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
+            mid = cin if post_reduce else cout
+            layers.append(ConvModule(cin, mid, (7, 3), padding=rect_paddings[0],
+                                     conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                                     inplace=False))
+            layers.append(ConvModule(mid, cout, (3, 7), padding=rect_paddings[1],
+                                     conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                                     inplace=False))
         cin = cout
     return nn.Sequential(*layers)
 
@@ -151,24 +168,40 @@ def _build_nl(nl_cfg: OptConfigType, channels: int) -> nn.Module:
 
 
 class _FCCMixin:
-    """Builds NL_b -> L2C -> NL_a (Fig. 4(b)-(e)) on a ``channels x s x s`` RoI map."""
+    """Builds NL_b -> L2C -> NL_a (Fig. 4(b)-(e)) on a ``channels x s x s`` RoI map.
+
+    A ReLU follows each non-local block (``relu_after_nl``, default True): the authors' FCC heads
+    apply ``relu(layer(x))`` to every layer of their L2C list, the non-local blocks included
+    (``FCC2BBoxHead.forward``, ``FCCBBoxHead.forward`` via ``relus``, ``FCC(2)MaskIoUHead.forward``).
+    The paper does not mention it.  After the convs (already conv + ReLU) it is a no-op.
+    """
 
     def _init_fcc(self, in_channels: int, l2c: str, l2c_channels: Sequence[int],
                   nl_before: bool, nl_after: bool, nl_cfg: OptConfigType,
-                  conv_cfg: OptConfigType, norm_cfg: OptConfigType) -> int:
+                  conv_cfg: OptConfigType, norm_cfg: OptConfigType, post_reduce: bool = True,
+                  rect_paddings: Sequence[int] = (1, 3), relu_after_nl: bool = True) -> int:
         self.l2c_mode = l2c
         self.l2c_channels = tuple(l2c_channels)
+        self.post_reduce = bool(post_reduce)
+        self.rect_paddings = tuple(rect_paddings)
+        self.relu_after_nl = bool(relu_after_nl)
         self.nl_before = _build_nl(nl_cfg, in_channels) if nl_before else None
-        self.l2c = build_l2c(in_channels, l2c, l2c_channels, conv_cfg, norm_cfg)
+        self.l2c = build_l2c(in_channels, l2c, l2c_channels, conv_cfg, norm_cfg,
+                             post_reduce=post_reduce, rect_paddings=rect_paddings)
         self.nl_after = _build_nl(nl_cfg, l2c_channels[-1]) if nl_after else None
+        self.nl_relu = nn.ReLU(inplace=False)
         return l2c_channels[-1]
+
+    def _nl(self, block: nn.Module, x: Tensor) -> Tensor:
+        x = block(x)
+        return self.nl_relu(x) if self.relu_after_nl else x
 
     def _forward_fcc(self, x: Tensor) -> Tensor:
         if self.nl_before is not None:
-            x = self.nl_before(x)
+            x = self._nl(self.nl_before, x)
         x = self.l2c(x)
         if self.nl_after is not None:
-            x = self.nl_after(x)
+            x = self._nl(self.nl_after, x)
         return x.flatten(1)
 
 
@@ -182,15 +215,21 @@ class FCCBBoxHead(_FCCMixin, BBoxHead):
     ``Shared2FCBBoxHead`` with its two shared FCs (12.8M + 1.0M weights) replaced by L2C
     (:func:`build_l2c`), optionally preceded by an :class:`EnhancedNonLocal2d` on the 256-channel
     RoI map (``nl_before``, NL_b, Fig. 4(d)/(e)) and/or followed by one on the 64-channel L2C
-    output (``nl_after``, NL_a); then one cls FC and one reg FC on the flattened 64x7x7 map.
-    Counts with 81 classes and class-agnostic regression: 7x7 2,273,877 ("2.2M"), 7x3->3x7
-    2,847,701 ("2.8M"), plus 6,423,168 per 256-channel NL (Sec. 3.2's "8.6M" = 8,697,045).
-    Arguments other than the FCC ones are ``BBoxHead``'s (``fc_out_channels`` etc. are ignored).
+    output (``nl_after``, NL_a), each followed by a ReLU (authors' code); then one cls FC and one
+    reg FC on the flattened 64x7x7 map.  Counts with 81 classes and class-agnostic regression:
+    7x7 2,273,877 ("2.2M"), 7x3->3x7 2,847,701 ("2.8M"), plus 6,423,168 per 256-channel NL
+    (Sec. 3.2's "8.6M" = 8,697,045; "9.2M" = 9,270,869).  With ``post_reduce=False`` (the authors'
+    ``Shared2FCC2BBoxHead`` of Table 6 row 6 / Table 7 rows 2-7 / SBR-CNN) the rectangular L2C is
+    256 -> 128 -> 128 -> 64 -> 64: 1,557,269, or 7,980,437 with NL_b (Table 6 row 6: 37,910,516
+    = "37.9").  Arguments other than the FCC ones are ``BBoxHead``'s (``fc_out_channels`` etc.
+    are ignored).
     """
 
     def __init__(self, in_channels: int = 256, roi_feat_size: int = 7, l2c: str = '7x7',
                  l2c_channels: Sequence[int] = (128, 64), nl_before: bool = False,
                  nl_after: bool = False, nl_cfg: OptConfigType = None,
+                 post_reduce: bool = True, rect_paddings: Sequence[int] = (1, 3),
+                 relu_after_nl: bool = True,
                  conv_cfg: OptConfigType = None, norm_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None, **kwargs) -> None:
         for k in ('fc_out_channels', 'num_shared_convs', 'num_shared_fcs', 'conv_out_channels'):
@@ -199,7 +238,7 @@ class FCCBBoxHead(_FCCMixin, BBoxHead):
                          init_cfg=init_cfg, **kwargs)
         assert not self.with_avg_pool, 'FCCBBoxHead flattens the RoI map (no avg pool)'
         out_c = self._init_fcc(in_channels, l2c, l2c_channels, nl_before, nl_after, nl_cfg,
-                               conv_cfg, norm_cfg)
+                               conv_cfg, norm_cfg, post_reduce, rect_paddings, relu_after_nl)
         last_dim = out_c * self.roi_feat_area
         # rebuild the predictors on the flattened L2C output (BBoxHead built them on in*7*7)
         if self.with_cls:
@@ -230,14 +269,18 @@ class FCCMaskIoUHead(_FCCMixin, MaskIoUHead):
     mmdet's ``MaskIoUHead`` (4 3x3 convs on the 257-channel 14x14 input, the last with stride 2,
     then FC 12544->1024, FC 1024->1024, FC 1024->num_classes) with its first two FCs replaced by
     L2C exactly as in :class:`FCCBBoxHead` (on the 256x7x7 map after the convs, NL_b / NL_a
-    optional); the last FC (per-class mask IoU) now reads the flattened 64x7x7 map.  Counts: MS
-    R-CNN branch 16,340,224 ("16.3M"), L2C 7x7 4,620,816 ("4.6M"), 7x3->3x7 5,194,640 ("5.1M").
+    optional, each followed by a ReLU); the last FC (per-class mask IoU) now reads the flattened
+    64x7x7 map.  Counts: MS R-CNN branch 16,340,304 ("16.3M"), L2C 7x7 4,620,816 ("4.6M"),
+    7x3->3x7 5,194,640 ("5.1M"; the authors' ``FCC2MaskIoUHead`` always uses the Table 1 layout,
+    ``post_reduce=True``).
     """
 
     def __init__(self, num_convs: int = 4, roi_feat_size: int = 14, in_channels: int = 256,
                  conv_out_channels: int = 256, num_classes: int = 80, l2c: str = '7x7',
                  l2c_channels: Sequence[int] = (128, 64), nl_before: bool = False,
                  nl_after: bool = False, nl_cfg: OptConfigType = None,
+                 post_reduce: bool = True, rect_paddings: Sequence[int] = (1, 3),
+                 relu_after_nl: bool = True,
                  conv_cfg: OptConfigType = None, norm_cfg: OptConfigType = None,
                  loss_iou: ConfigType = dict(type='MSELoss', loss_weight=0.5),
                  init_cfg: OptMultiConfig = [
@@ -252,7 +295,8 @@ class FCCMaskIoUHead(_FCCMixin, MaskIoUHead):
                          num_classes=num_classes, loss_iou=loss_iou, init_cfg=init_cfg)
         del self.fcs
         out_c = self._init_fcc(conv_out_channels, l2c, l2c_channels, nl_before, nl_after,
-                               nl_cfg, conv_cfg, norm_cfg)
+                               nl_cfg, conv_cfg, norm_cfg, post_reduce, rect_paddings,
+                               relu_after_nl)
         s = _pair(roi_feat_size)
         pooled_area = (s[0] // 2) * (s[1] // 2)
         self.fc_mask_iou = nn.Linear(out_c * pooled_area, num_classes)
@@ -575,19 +619,38 @@ class R3RoIHead(BaseRoIHead):
             labels = torch.cat([res.labels for res in results_list])
             idx = torch.arange(labels.size(0), device=labels.device)
             mask_iou_preds = self.mask_iou_head(mask_feats, all_logits[-1][idx, labels])
-            mask_iou_preds = mask_iou_preds.split(n_per_img, 0)
+            mask_iou_preds = mask_iou_preds[idx, labels].split(n_per_img, 0)
         results_list = last_mask_head.predict_by_feat(
             mask_preds=merged, results_list=results_list, batch_img_metas=batch_img_metas,
             rcnn_test_cfg=self.test_cfg, rescale=rescale, activate_map=True)
         if self.with_mask_iou:
-            results_list = self.mask_iou_head.predict_by_feat(
-                mask_iou_preds=mask_iou_preds, results_list=results_list)
+            for res, iou in zip(results_list, mask_iou_preds):
+                res.mask_scores = res.scores * iou
+        return results_list
+
+    def predict(self, x: Tuple[Tensor], rpn_results_list: InstanceList,
+                batch_data_samples: SampleList, rescale: bool = False) -> InstanceList:
+        """BaseRoIHead.predict; with the Mask IoU branch every result also carries
+        ``mask_scores`` (empty results included), so CocoMetric scores masks with it."""
+        results_list = super().predict(x, rpn_results_list, batch_data_samples, rescale=rescale)
+        if self.with_mask and self.with_mask_iou:
+            for res in results_list:
+                if 'mask_scores' not in res:
+                    res.mask_scores = res.scores.new_zeros(res.scores.shape[:1])
         return results_list
 
     def forward(self, x: Tuple[Tensor], rpn_results_list: InstanceList,
                 batch_data_samples: SampleList = None) -> tuple:
-        """Tensor-mode forward (no post-processing): averaged scores, last box deltas, and the
-        last internal iteration's mask logits."""
+        """Tensor-mode forward (no post-processing; the FLOPs path): what :meth:`predict` runs.
+
+        The L_e box loops on every proposal (averaged scores, last loop's deltas); then, as in
+        inference, the mask branch (L_e internal iterations) and the Mask IoU branch on at most
+        ``test_cfg.max_per_img`` RoIs per image (inference runs them on the <= max_per_img
+        detections after NMS; here the first refined RoIs stand in for them, as mmdet's
+        ``MaskScoringRoIHead.forward`` uses ``rois[:100]``).  The Mask IoU branch reads the last
+        iteration's logits of each RoI's top class.  Returns ``(cls_scores, bbox_preds[,
+        mask_logits[, mask_iou_preds]])``.
+        """
         batch_img_metas = [s.metainfo for s in batch_data_samples]
         proposals = [res.bboxes for res in rpn_results_list]
         num_proposals_per_img = tuple(len(p) for p in proposals)
@@ -595,6 +658,15 @@ class R3RoIHead(BaseRoIHead):
                                                         num_proposals_per_img)
         results = (cls_scores, bbox_preds)
         if self.with_mask:
-            mask_feats = self._mask_features(x, torch.cat(rois))  # rois come back split per image
-            results = results + (self._mask_iterations(mask_feats, self.test_loops), )
+            k = self.test_cfg.get('max_per_img', 100) if self.test_cfg is not None else 100
+            mask_rois = torch.cat([r[:k] for r in rois])
+            mask_feats = self._mask_features(x, mask_rois)
+            logits = self._mask_iterations(mask_feats, self.test_loops)
+            results = results + (logits, )
+            if self.with_mask_iou:
+                scores = torch.cat([c[:k] for c in cls_scores])
+                num_classes = logits.size(1)
+                labels = scores[:, :num_classes].argmax(dim=1)
+                idx = torch.arange(labels.size(0), device=labels.device)
+                results = results + (self.mask_iou_head(mask_feats, logits[idx, labels]), )
         return results
