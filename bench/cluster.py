@@ -198,8 +198,11 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
 
 
 def slurm_state(job_id: str, conf: Optional[str] = None) -> Optional[str]:
-    """The SLURM state of a job (sacct), e.g. 'RUNNING', 'PENDING', 'CANCELLED by 0'; None if unknown."""
-    if shutil.which("sacct") is None:
+    """The SLURM state of a job (sacct), e.g. 'RUNNING', 'PENDING', 'CANCELLED by 0'; None if unknown
+    (or if ``job_id``, read from a results folder, is not a SLURM job id at all)."""
+    import re
+
+    if shutil.which("sacct") is None or not re.match(r"^\d{1,12}(_\d{1,9})?$", str(job_id)):
         return None
     try:
         out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True,
@@ -214,6 +217,9 @@ def slurm_state(job_id: str, conf: Optional[str] = None) -> Optional[str]:
 
 
 def cancel(job_ids: list[str]) -> None:
+    import re
+
+    job_ids = [j for j in job_ids if re.match(r"^\d{1,12}(_\d{1,9})?$", str(j))]  # never an option to scancel
     if not job_ids:
         return
     if shutil.which("scancel") is None:

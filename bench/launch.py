@@ -13,7 +13,6 @@ these files (and the run's ``state.json``) from any process.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import os
 import re
 import signal
@@ -380,7 +379,9 @@ def _job_failure(spec: RunSpec, job, e: BaseException) -> Outcome:
     if "RunLocked" in text:
         owner = locked_elsewhere(spec)
         return Outcome(spec, False, f"skipped: {owner or 'another job owns the run key'}", skipped=True)
-    detail = _failure_of(spec) or _killed_reason(spec, job) or _last_line(text) or type(e).__name__
+    unrecorded = [ln.split("ResultNotRecorded:", 1)[1].strip() for ln in text.splitlines() if "ResultNotRecorded:" in ln]
+    detail = (_failure_of(spec) or (unrecorded[-1] if unrecorded else None) or _killed_reason(spec, job)
+              or _last_line(text) or type(e).__name__)
     not_recorded = record_unfinished(spec, f"job {job.job_id} ended without a result: {detail}")
     if not_recorded:
         return Outcome(spec, False, f"{detail} ({not_recorded})")  # the pending record stays

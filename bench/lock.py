@@ -76,7 +76,7 @@ def _flock(fd: int) -> bool:
     except BlockingIOError:
         return False
     except OSError as e:
-        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF):
             return True
         raise
 
@@ -84,8 +84,13 @@ def _flock(fd: int) -> bool:
 def holder(work_dir: str | Path) -> Optional[dict]:
     """The live owner of the run's lock, or None if it is free (or stale). Never blocks."""
     path = lock_path(work_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # read-write: on NFS an exclusive flock (emulated by a POSIX lock) needs a writable descriptor
+        fd = os.open(path, os.O_RDWR)
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
     except OSError:
         return None
     try:
