@@ -617,7 +617,8 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         cfg.launcher = "slurm" if "SLURM_PROCID" in os.environ else "pytorch"
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "nccl"
     runner = Runner.from_cfg(cfg)
-    runner.register_hook(_mmengine_hook(work / "train"), priority="LOWEST")
+    if rank() == 0:  # rank 0 saves the checkpoints (mmengine's CheckpointHook is master-only): it checksums them
+        runner.register_hook(_mmengine_hook(work / "train"), priority="LOWEST")
     phases["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
     if not trained:
