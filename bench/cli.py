@@ -426,7 +426,18 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
             done = sum(pr.action in ("done", "reuse") for pr in plan.rows)
             cannot = sum(pr.action == "cannot run" for pr in plan.rows)
             click.echo(f"nothing to run: {done} row(s) already done (--force reruns them), {cannot} cannot run")
+            _next_steps(t, plan.scale.name)
         return
+    runs = list(plan.runs.values())
+    if cluster in ("local", "inline"):   # inline too: a multi-GPU config in one CPU process has no launcher
+        from bench.launch import LaunchError, check_local_gpus
+
+        try:
+            check_local_gpus(runs)
+        except LaunchError as e:
+            hint = (" To exercise the paper config on this machine, `bench preflight` runs it in one process."
+                    if plan.scale.name == "paper" else "")
+            raise BenchError(str(e) + hint) from None
     if plan.scale.name == "paper" and not no_preflight:
         _preflight_before_submit(plan, root)
         if not plan.runs:
@@ -438,15 +449,6 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
 
         for line in start_clean(runs):
             click.echo(line)
-    if cluster in ("local", "inline"):   # inline too: a multi-GPU config in one CPU process has no launcher
-        from bench.launch import LaunchError, check_local_gpus
-
-        try:
-            check_local_gpus(runs)
-        except LaunchError as e:
-            hint = (" To exercise the paper config on this machine, `bench preflight` runs it in one process."
-                    if plan.scale.name == "paper" else "")
-            raise BenchError(str(e) + hint) from None
     if plan.scale.name == "smoke":
         from bench.data import synth
 
@@ -474,8 +476,23 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
         click.echo(f"  skipped: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
     for o in failed:
         click.echo(f"  failed: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
+    _next_steps(t, plan.scale.name, failed)
     if failed:
         sys.exit(1)
+
+
+def _next_steps(table, scale: str, failed=()) -> None:
+    """What to do after a run: the report command and the page it writes, or the first failure's log."""
+    from bench.report.build import default_reports_dir
+
+    scale_opt = "" if scale == "smoke" else f" --scale {scale}"
+    page = default_reports_dir() / scale / table.paper.slug / f"{table.table}.html"
+    click.echo("next:")
+    if failed:
+        tg = failed[0].spec.targets[0]
+        click.echo(f"  bench logs {tg['table']} {tg['row']}{scale_opt}    # why the first failed row failed")
+    click.echo(f"  bench report {table.name} --html{scale_opt}    # writes {page}")
+    click.echo(f"  bench status {table.name}{scale_opt}")
 
 
 def _data_roots(values):

@@ -164,3 +164,13 @@ def test_box_only_detector_is_evaluated_on_boxes_alone(tmp_path):
     assert res.status == "done", res.failure
     assert res.config["test_evaluator"]["metric"] == ["bbox"]
     assert res.measured["box_AP"] is not None and not any(k.startswith("mask_") for k in res.measured)
+
+
+def test_run_ends_with_the_next_steps(pipeline_run):
+    """After a run: the first failed row's log command, and the report command with the page it writes."""
+    results, data, proc = pipeline_run
+    out = proc.stdout
+    assert "next:" in out
+    assert "bench logs pipeline-test/table-1 tiny-nan" in out           # the row that diverges on purpose
+    assert "bench report pipeline-test/table-1 --html" in out
+    assert "reports/smoke/pipeline-test/table-1.html" in out
