@@ -368,7 +368,12 @@ class R3RoIHead(BaseRoIHead):
     Test: ``test_cfg.loops`` (L_e, default L_t) loops; loop t >= L_t keeps the last training
     letter; the classification scores of all loops are averaged ("we merge all the predictions,
     computing the average of the classification predictions", Sec. 3.1) and the last loop's
-    regression decodes the final boxes; the mask head runs L_e internal iterations.
+    regression decodes the final boxes; the mask head runs L_e internal iterations.  With the Mask
+    IoU branch the predicted IoU of each mask (last iteration's logits, detected class) rescales the
+    MASK scores only: ``pred_instances.mask_scores = scores * IoU``, which mmdet's CocoMetric uses
+    for segm while ``scores`` (boxes) stay the averaged classification scores, as in the authors'
+    mmdet 2.x code (their ``get_mask_scores`` feeds the segm results only).  mmdet 3.3's
+    ``MaskIoUHead.predict_by_feat`` would rescale ``scores``, i.e. the box AP too.
     """
 
     def __init__(self, loops: int, loop_loss_weights: Sequence[float],
