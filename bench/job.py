@@ -333,11 +333,10 @@ def _finished_training(spec: RunSpec) -> Optional[dict]:
     after = getattr(spec, "reuse_training_after", None)
     if after is None or not getattr(spec, "train_key", ""):
         return None
-    try:
-        rec = json.loads(trained_pointer(spec.work_dir, spec.train_key).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or rec.get("run_key") == spec.run_key:
+    from bench.results import read_json_dict
+
+    rec = read_json_dict(trained_pointer(spec.work_dir, spec.train_key))
+    if not rec or rec.get("run_key") == spec.run_key:
         return None
     finished = rec.get("finished_at", 0)
     if not isinstance(finished, (int, float)) or finished < after or not isinstance(rec.get("checkpoint"), str):
