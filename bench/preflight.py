@@ -175,40 +175,59 @@ def count_instances(ds, pipeline: list, mask_row: bool, limit: int = COUNT_IMAGE
 
 # ------------------------------------------------------------------------------------- weights
 class _LoadRecorder:
-    """Wraps mmengine's ``load_state_dict`` (which every Pretrained init and load_checkpoint goes
-    through) to record, per call, what the checkpoint held against what the module has."""
+    """Records, during ``model.init_weights()``, which checkpoint file was read and what each state dict
+    loaded into a module held against what the module has. Files are seen through mmengine's
+    ``CheckpointLoader.load_checkpoint`` (every scheme and mmengine's own initialisers read through it);
+    loads through mmengine's ``load_state_dict`` (Pretrained inits, load_checkpoint) and through
+    ``nn.Module.load_state_dict`` (a module's own loader, e.g. ISDA's partial COCO load)."""
 
     def __init__(self):
         self.calls: list[dict] = []
-
-    def __enter__(self):
-        import mmengine.runner.checkpoint as ck
-
-        self._ck, self._orig, self._orig_load = ck, ck.load_state_dict, ck._load_checkpoint
         self._file: Optional[str] = None
 
-        def loading(filename, *a, **kw):
-            self._file = str(filename)
-            return self._orig_load(filename, *a, **kw)
+    def _record(self, module, state_dict) -> None:
+        own = module.state_dict()
+        sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        shape_bad = [k for k in sd if k in own and tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ()))]
+        loaded = [k for k in sd if k in own and k not in shape_bad]
+        self.calls.append({"file": self._file, "module": type(module).__name__, "own": len(own),
+                           "file_keys": len(sd), "loaded": len(loaded),
+                           "missing": sorted(k for k in own if k not in sd),
+                           "unexpected": sorted(k for k in sd if k not in own),
+                           "shape_mismatch": sorted(shape_bad)})
+
+    def __enter__(self):
+        import torch
+        import mmengine.runner.checkpoint as ck
+
+        self._ck, self._orig = ck, ck.load_state_dict
+        self._orig_loader = ck.CheckpointLoader.__dict__["load_checkpoint"]
+        self._orig_module_load = torch.nn.Module.load_state_dict
+        rec = self
+
+        def loader(cls, filename, *a, **kw):
+            rec._file = str(filename)
+            return rec._orig_loader.__func__(cls, filename, *a, **kw)
 
         def recording(module, state_dict, strict=False, logger=None):
-            own = module.state_dict()
-            sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-            shape_bad = [k for k in sd if k in own and tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ()))]
-            loaded = [k for k in sd if k in own and k not in shape_bad]
-            self.calls.append({"file": self._file, "module": type(module).__name__, "own": len(own),
-                               "file_keys": len(sd),
-                               "loaded": len(loaded),
-                               "missing": sorted(k for k in own if k not in sd),
-                               "unexpected": sorted(k for k in sd if k not in own),
-                               "shape_mismatch": sorted(shape_bad)})
-            return self._orig(module, state_dict, strict=strict, logger=logger)
+            rec._record(module, state_dict)
+            return rec._orig(module, state_dict, strict=strict, logger=logger)
 
-        ck.load_state_dict, ck._load_checkpoint = recording, loading
+        def module_load(module, state_dict, *a, **kw):
+            rec._record(module, state_dict)
+            return rec._orig_module_load(module, state_dict, *a, **kw)
+
+        ck.load_state_dict = recording
+        ck.CheckpointLoader.load_checkpoint = classmethod(loader)
+        torch.nn.Module.load_state_dict = module_load
         return self
 
     def __exit__(self, *exc):
-        self._ck.load_state_dict, self._ck._load_checkpoint = self._orig, self._orig_load
+        import torch
+
+        self._ck.load_state_dict = self._orig
+        self._ck.CheckpointLoader.load_checkpoint = self._orig_loader
+        torch.nn.Module.load_state_dict = self._orig_module_load
         return False
 
 
