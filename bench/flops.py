@@ -211,7 +211,7 @@ def _forward_fn(model, samples):
 
 
 MODE_NOTES = {
-    "tensor": "mmdet tensor mode (model._forward, as mmdet's get_flops.py)",
+    "tensor": "mmdet tensor mode (model._forward, as mmdet's get_flops.py; post-processing not traced)",
     "flops_forward": "the model's own flops_forward (what its inference runs)",
     "predict": ("inference path (model.predict; tensor mode would run bbox_head.loss on ground truth), "
                 "score threshold 0, NMS and min box size off so the mask branch runs on max_per_img detections"),
