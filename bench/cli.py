@@ -809,6 +809,45 @@ def profile_cmd(ctx, table, as_json, no_flops) -> None:
     _console().print(rt)
 
 
+# ---------------------------------------------------------------------------------------- audit
+@main.command("audit")
+@click.argument("tables", nargs=-1)
+@click.option("--no-flops", is_flag=True, help="Parameters only (FLOPs take seconds a row on a CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Per row and metric: table, row, metric, published, measured, "
+              "agreement (and the consistency findings).")
+@click.pass_context
+def audit_cmd(ctx, tables, no_flops, as_json) -> None:
+    """Check TABLES (default: all) without training: #params and GFLOPs of each row's paper-scale model against
+    the published cells (exact / within / outside, by the printed precision), and the paper's published numbers
+    against each other. Comparable at any scale; profiles are cached by model, so a second audit is instant."""
+    from dataclasses import asdict
+
+    from bench.audit import PRECISION_RULE, as_json as audit_json, audit
+
+    _, ts = _tables_arg(ctx, tables)
+    result = audit(ts, flops=not no_flops)
+    if as_json:
+        click.echo(json.dumps(audit_json(result), indent=2))
+        return
+    from rich.table import Table as RTable
+
+    rt = RTable(title=f"audit: architecture cells of {len(ts)} table(s) (comparable at any scale)")
+    for c in ("table", "#", "row", "metric", "published", "measured", "diff", "agreement", "note"):
+        rt.add_column(c, overflow="fold")
+    colour = {"exact": "green", "within": "green", "outside": "red"}
+    for c in result.cells:
+        word = f"[{colour[c.agreement]}]{c.agreement}[/]" if c.agreement in colour else c.agreement
+        rt.add_row(c.table, str(c.position), c.row, c.metric, _fmt(c.published),
+                   f"{c.measured:.5g}" if isinstance(c.measured, (int, float)) else "-",
+                   f"{c.rel_diff * 100:+.2f}%" if c.rel_diff is not None else "", word, c.note[:120])
+    con = _console()
+    con.print(rt)
+    for f in result.consistency:
+        con.print(f"[yellow]{f.kind}:[/yellow] {', '.join(f.rows)}: {f.detail}")
+    con.print(f"[dim]{PRECISION_RULE}[/dim]")
+    con.print(f"{result.profiled} row(s) profiled, {result.cached} from the cache")
+
+
 # --------------------------------------------------------------------------------------- cancel
 @main.command("cancel")
 @click.argument("table")

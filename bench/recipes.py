@@ -180,6 +180,9 @@ class Table(_Strict):
     caption: Optional[str] = None
     columns: list[Column]
     tolerance: dict[str, float] = {}
+    truncated: list[str] = Field([], description="metrics the paper prints truncated, not rounded (37.99 -> '37.9')")
+    precision: dict[str, int] = Field({}, description="decimals the paper prints for a metric where the YAML number "
+                                                     "cannot show them (44,170K params: params_M 3)")
     notes: list[str] = []
     rows: list[Row]
 

@@ -1,0 +1,248 @@
+"""The audit: what can be checked about a paper without training anything.
+
+1. **Architecture cells**: #params and GFLOPs are properties of the model, not of its training, so
+   they are comparable at any scale. Each row's paper-scale model is built on the CPU exactly as
+   ``bench profile`` builds it (the paper's classes and stated test size) and set against the
+   published cell with an agreement word from the printed precision (:func:`agreement`).
+2. **Internal consistency** of the published numbers alone: a model printed in two tables with
+   different numbers, and two rows printed identically although their models differ.
+
+Profiles are cached on disk by what they depend on (the row's resolved model config, its input-size
+statements, bench's model code, the library versions), so a second audit only builds what changed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from bench.recipes import Catalogue, Row, Table
+
+AUDIT_METRICS = ("params_M", "gflops")
+_CACHE_VERSION = 1
+
+#: the rule, printed with the audit
+PRECISION_RULE = (
+    "A published number stands for the interval its printed digits allow: 38.2 for [38.15, 38.25), a count the "
+    "paper truncates (37.9 M for 37.9x) for [37.9, 38.0). 'exact': the measured value lies inside that interval; "
+    "'within': outside it but inside the row's tolerance (default 2% for #params and GFLOPs); 'outside': "
+    "neither. #params and GFLOPs are measured on the paper's configuration, so they are comparable at any scale.")
+
+
+def decimals(value: float, printed: Optional[int] = None) -> int:
+    """Decimals a published number was printed with: given by the recipe, else read off the number."""
+    if printed is not None:
+        return printed
+    text = repr(float(value))
+    if "e" in text or "E" in text:
+        return 0
+    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+
+
+def printed_interval(value: float, places: int, truncated: bool = False) -> tuple[float, float]:
+    step = 10.0 ** -places
+    return (value, value + step) if truncated else (value - step / 2, value + step / 2)
+
+
+def agreement(published: Optional[float], measured: Optional[float], places: int, truncated: bool,
+              tolerance: float, relative: bool = True) -> str:
+    """'exact', 'within', 'outside', 'published unknown' or 'not measured' (see PRECISION_RULE)."""
+    if published is None:
+        return "published unknown"
+    if measured is None or not math.isfinite(measured):
+        return "not measured"
+    lo, hi = printed_interval(published, places, truncated)
+    eps = 1e-9 * max(1.0, abs(published))
+    if lo - eps <= measured < hi + eps:
+        return "exact"
+    band = tolerance * abs(published) if relative else tolerance
+    return "within" if abs(measured - published) <= band else "outside"
+
+
+@dataclass
+class AuditCell:
+    table: str
+    row: str
+    position: int
+    label: str
+    metric: str
+    published: Optional[float]
+    measured: Optional[float]
+    agreement: str
+    interval: Optional[list[float]] = None
+    rel_diff: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class Consistency:
+    kind: str          # "repeated model, other numbers" | "same numbers, other models"
+    rows: list[str]
+    detail: str
+
+
+@dataclass
+class Audit:
+    cells: list[AuditCell] = field(default_factory=list)
+    consistency: list[Consistency] = field(default_factory=list)
+    profiled: int = 0      # rows built this time (the rest came from the cache)
+    cached: int = 0
+
+
+# ----------------------------------------------------------------------------------------- cache
+def _cache_dir() -> Path:
+    from bench.resolve import cache_dir
+
+    return cache_dir() / "profiles"
+
+
+def _row_key(row: Row, flops: bool) -> Optional[str]:
+    from bench.plan import code_version
+    from bench.resolve import canonical_hash, row_config
+
+    if row.model is None:
+        return None
+    cfg = row_config(row.model).to_dict()
+    return canonical_hash({"v": _CACHE_VERSION, "config": cfg, "module_input": row.model.input_size,
+                           "train_input": row.train.input_size, "flops": flops, "code": code_version(cfg)}, 20)
+
+
+def _cached_profiles(table: Table, flops: bool) -> tuple[list[dict], int, int]:
+    """Every row's profile (bench.profile) as a dict, from the cache where possible."""
+    from bench.profile import Profile, profile_table
+    from bench.rowstatus import safe_row_status
+    from bench.vocab import RowStatus
+
+    keys: dict[str, Optional[str]] = {}
+    hits: dict[str, dict] = {}
+    for row in table.rows:
+        if safe_row_status(row)[0] is not RowStatus.RUNNABLE:
+            keys[row.id] = None
+            continue
+        try:
+            keys[row.id] = _row_key(row, flops)
+        except Exception:  # noqa: BLE001 - profile_table reports why the row does not build
+            keys[row.id] = None
+        path = _cache_dir() / f"{keys[row.id]}.json" if keys[row.id] else None
+        if path is not None and path.exists():
+            try:
+                hits[row.id] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
+    runnable = [r.id for r in table.rows if keys[r.id]]
+    if all(rid in hits for rid in runnable):
+        out = []
+        for row in table.rows:
+            if row.id in hits:
+                out.append(hits[row.id] | {"table": table.name, "position": row.position, "row": row.id,
+                                           "label": row.label})
+            else:
+                st, reason = safe_row_status(row)
+                out.append(asdict(Profile(table.name, row.position, row.id, row.label, str(st), note=reason)))
+        return out, 0, len(runnable)
+    fresh = [asdict(p) for p in profile_table(table, flops=flops)]
+    d = _cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    for p in fresh:
+        key = keys.get(p["row"])
+        if key and p.get("params_M") is not None:
+            tmp = d / f".{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(p))
+            os.replace(tmp, d / f"{key}.json")
+    return fresh, len(runnable), 0
+
+
+# ----------------------------------------------------------------------------------------- audit
+def audit_table(table: Table, flops: bool = True) -> Audit:
+    from bench.report.rules import tolerance_for
+
+    flops = flops and any("gflops" in r.published for r in table.rows)   # counted only where printed
+    profiles, built, cached = _cached_profiles(table, flops)
+    by_row = {p["row"]: p for p in profiles}
+    audit = Audit(profiled=built, cached=cached)
+    for row in table.rows:
+        prof = by_row.get(row.id, {})
+        for metric in AUDIT_METRICS:
+            if metric not in row.published:
+                continue
+            pub = row.published[metric]
+            meas = prof.get(metric)
+            places = decimals(pub, table.precision.get(metric)) if pub is not None else 0
+            trunc = metric in table.truncated
+            tol = tolerance_for(metric, row, table)
+            word = agreement(pub, meas, places, trunc, tol.value, tol.relative)
+            note = prof.get("note") or ""
+            if prof.get("status") not in (None, "runnable"):
+                word = f"{prof['status']}"   # reference only / model missing / refused: nothing to measure
+            if metric == "gflops" and prof.get("input_hw"):
+                note = (f"at {prof['input_hw'][0]}x{prof['input_hw'][1]} ({prof.get('input_source', '')})"
+                        + (f"; {note}" if note else ""))
+            audit.cells.append(AuditCell(
+                table.name, row.id, row.position, row.label, metric, pub,
+                round(meas, 4) if isinstance(meas, float) else meas, word,
+                [round(x, places + 2) for x in printed_interval(pub, places, trunc)] if pub is not None else None,
+                (meas - pub) / pub if pub and meas is not None else None, note))
+    return audit
+
+
+def consistency(tables: list[Table]) -> list[Consistency]:
+    """Published numbers checked against each other, no model built."""
+    from bench.resolve import model_hash
+
+    out: list[Consistency] = []
+    by_model: dict[str, list[tuple[Table, Row]]] = {}
+    for t in tables:
+        for r in t.rows:
+            try:
+                h = model_hash(r)
+            except Exception:  # noqa: BLE001 - a row that does not resolve has no model to compare
+                h = None
+            if h:
+                by_model.setdefault(h, []).append((t, r))
+    for group in by_model.values():
+        for i, (ta, ra) in enumerate(group):
+            for tb, rb in group[i + 1:]:
+                same_split = ra.train.eval_split == rb.train.eval_split
+                diff = {k: (ra.published[k], rb.published[k]) for k in set(ra.published) & set(rb.published)
+                        if ra.published[k] is not None and rb.published[k] is not None
+                        and ra.published[k] != rb.published[k]}
+                if diff and same_split:
+                    out.append(Consistency("repeated model, other numbers", [f"{ta.name}/{ra.id}", f"{tb.name}/{rb.id}"],
+                                           "; ".join(f"{k}: {a:g} vs {b:g}" for k, (a, b) in sorted(diff.items()))))
+    for t in tables:
+        seen: dict[tuple, Row] = {}
+        for r in t.rows:
+            cells = tuple(sorted((k, v) for k, v in r.published.items() if v is not None))
+            if len(cells) < 2:
+                continue
+            if cells in seen:
+                a = seen[cells]
+                try:
+                    differ = model_hash(a) != model_hash(r)
+                except Exception:  # noqa: BLE001
+                    differ = True
+                if differ and a.model is not None and r.model is not None:
+                    out.append(Consistency("same numbers, other models", [f"{t.name}/{a.id}", f"{t.name}/{r.id}"],
+                                           f"{len(cells)} published cells identical"))
+            else:
+                seen[cells] = r
+    return out
+
+
+def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue] = None) -> Audit:
+    result = Audit()
+    for t in tables:
+        a = audit_table(t, flops)
+        result.cells += a.cells
+        result.profiled += a.profiled
+        result.cached += a.cached
+    result.consistency = consistency(tables)
+    return result
+
+
+def as_json(a: Audit) -> dict[str, Any]:
+    return {"rule": PRECISION_RULE, "cells": [asdict(c) for c in a.cells],
+            "consistency": [asdict(c) for c in a.consistency], "profiled": a.profiled, "cached": a.cached}
