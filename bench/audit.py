@@ -188,6 +188,13 @@ def audit_table(table: Table, flops: bool = True) -> Audit:
     return audit
 
 
+def _same_printed(ta: Table, a: float, tb: Table, b: float, metric: str) -> bool:
+    """Two printed numbers can stand for the same value: their printed intervals overlap (77.23 and 77.2)."""
+    la, ha = printed_interval(a, decimals(a, ta.precision.get(metric)), metric in ta.truncated)
+    lb, hb = printed_interval(b, decimals(b, tb.precision.get(metric)), metric in tb.truncated)
+    return la < hb and lb < ha
+
+
 def consistency(tables: list[Table]) -> list[Consistency]:
     """Published numbers checked against each other, no model built."""
     from bench.resolve import model_hash
@@ -208,7 +215,7 @@ def consistency(tables: list[Table]) -> list[Consistency]:
                 same_split = ra.train.eval_split == rb.train.eval_split
                 diff = {k: (ra.published[k], rb.published[k]) for k in set(ra.published) & set(rb.published)
                         if ra.published[k] is not None and rb.published[k] is not None
-                        and ra.published[k] != rb.published[k]}
+                        and not _same_printed(ta, ra.published[k], tb, rb.published[k], k)}
                 if diff and same_split:
                     out.append(Consistency("repeated model, other numbers", [f"{ta.name}/{ra.id}", f"{tb.name}/{rb.id}"],
                                            "; ".join(f"{k}: {a:g} vs {b:g}" for k, (a, b) in sorted(diff.items()))))
