@@ -39,7 +39,7 @@ def decimals(value: float, printed: Optional[int] = None) -> int:
     text = repr(float(value))
     if "e" in text or "E" in text:
         return 0
-    return len(text.split(".")[1].rstrip("0")) if "." in text else 0
+    return len(text.split(".")[1]) if "." in text else 0   # 30.0: printed "30.0", one decimal
 
 
 def printed_interval(value: float, places: int, truncated: bool = False) -> tuple[float, float]:

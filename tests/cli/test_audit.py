@@ -11,7 +11,7 @@ from tests.conftest import TEST_RECIPES
 
 
 def test_precision_rules():
-    assert decimals(38.2) == 1 and decimals(44.17) == 2 and decimals(37.0) == 0 and decimals(44.17, 3) == 3
+    assert decimals(38.2) == 1 and decimals(44.17) == 2 and decimals(37.0) == 1 and decimals(44.17, 3) == 3
     assert printed_interval(38.2, 1) == pytest.approx((38.15, 38.25))
     assert printed_interval(37.9, 1, truncated=True) == pytest.approx((37.9, 38.0))
     assert agreement(38.2, 38.24, 1, False, 0.02) == "exact"
