@@ -31,6 +31,10 @@ Which forward is traced:
 - mmdet's tensor mode ``model._forward(inputs, data_samples)`` otherwise, as mmdet 3.3's
   ``tools/analysis_tools/get_flops.py`` traces it (backbone, neck, heads without post-processing; two-stage
   detectors: the box head on all RPN proposals, the mask head on the first 100 RoIs);
+- cascade / HTC mask heads (mmdet ``CascadeRoIHead`` / ``HTCRoIHead`` with their own ``forward``): their
+  tensor mode runs every stage's mask head on all 1000 proposals, 10x what inference runs (at most
+  ``max_per_img`` = 100 detections); bench traces the same forward with the mask heads on the first 100
+  refined RoIs, StandardRoIHead's tensor-mode convention (``mask_rois = rois[:100]``);
 - the inference path ``model.predict`` for single-stage instance segmentors with a box head (CondInst,
   YOLACT, ...): their tensor mode runs ``bbox_head.loss`` on ground truth to pick the instances the mask
   head sees (mmdet ``single_stage_instance_seg.py``), which is training, and fails without ground truth
@@ -129,7 +133,7 @@ CONVENTION_OPS = {
         "tanh topk where zero_ argsort clone std var exponential_ uniform_ normal_ bernoulli_ unique_dim "
         "_unique2 masked_select masked_fill_ index_select scatter scatter_ scatter_add scatter_add_ "
         "rand rand_like randn randn_like randperm ones_like ones new_ones new_full new_zeros tril triu "
-        "pad repeat expand_as triu_ tril_ repeat_interleave unbind split_with_sizes lerp isnan isinf flip roll cummax div_floor max_pool1d"
+        "log2 log1p log10 expm1 atan2 pad repeat expand_as triu_ tril_ repeat_interleave unbind split_with_sizes lerp isnan isinf flip roll cummax div_floor max_pool1d"
     ).split()}
 
 
@@ -188,6 +192,53 @@ class _MaxDetections:
             m.test_cfg = cfg
 
 
+MASK_ROIS = 100  # mmdet StandardRoIHead tensor mode: mask_rois = rois[:100]
+
+
+def _cascade_with_full_mask_rois(model) -> bool:
+    """mmdet 3.3's CascadeRoIHead.forward and HTCRoIHead.forward (tensor mode) run every stage's mask head
+    on all RPN proposals (1000), where StandardRoIHead's runs its mask head on the first 100 RoIs and
+    inference on at most max_per_img (100) detections. True for detectors whose roi_head uses one of those
+    two forwards unchanged."""
+    try:
+        from mmdet.models.roi_heads import CascadeRoIHead
+        from mmdet.models.roi_heads import HybridTaskCascadeRoIHead as HTCRoIHead
+    except ImportError:  # pragma: no cover
+        return False
+    roi = getattr(model, "roi_head", None)
+    return (roi is not None and getattr(model, "with_rpn", False) and getattr(roi, "with_mask", False)
+            and type(roi).forward in (CascadeRoIHead.forward, HTCRoIHead.forward))
+
+
+def _cascade_forward(model, samples):
+    """mmdet's cascade / HTC tensor mode, except that the mask heads see the first MASK_ROIS refined RoIs."""
+    import torch
+    from mmdet.models.roi_heads import HybridTaskCascadeRoIHead as HTCRoIHead
+    from mmdet.structures.bbox import bbox2roi
+
+    roi = model.roi_head
+    htc = isinstance(roi, HTCRoIHead)
+
+    def forward(inputs):
+        x = model.extract_feat(inputs)
+        rpn = model.rpn_head.predict(x, samples, rescale=False)
+        metas = [s.metainfo for s in samples]
+        proposals = [r.bboxes for r in rpn]
+        sem = roi.semantic_head(x)[1] if htc and roi.with_semantic else None
+        extra = {"semantic_feat": sem} if htc else {}
+        rois, cls_scores, bbox_preds = roi._refine_roi(
+            x=x, rois=bbox2roi(proposals), batch_img_metas=metas,
+            num_proposals_per_img=tuple(len(p) for p in proposals), **extra)
+        mask_rois = torch.cat(rois)[:MASK_ROIS]
+        if htc:  # all stages' mask heads with the information flow, as HTC's test-time _mask_forward
+            masks = roi._mask_forward(stage=-1, x=x, rois=mask_rois, semantic_feat=sem, training=False)["mask_preds"]
+        else:
+            masks = [roi._mask_forward(i, x, mask_rois)["mask_preds"] for i in range(roi.num_stages)]
+        return tuple(cls_scores) + tuple(bbox_preds) + tuple(masks)
+
+    return forward
+
+
 def _forward_fn(model, samples):
     """(mode, function(inputs) -> tensors, info dict filled during the call)."""
     import torch
@@ -195,6 +246,8 @@ def _forward_fn(model, samples):
     info: dict[str, Any] = {}
     if callable(getattr(model, "flops_forward", None)):
         return "flops_forward", lambda x: model.flops_forward(x, samples), info
+    if _cascade_with_full_mask_rois(model):
+        return "cascade-tensor", _cascade_forward(model, samples), info
     if not _tensor_mode_needs_gt(model):
         return "tensor", lambda x: model._forward(x, samples), info
 
@@ -212,6 +265,9 @@ def _forward_fn(model, samples):
 
 MODE_NOTES = {
     "tensor": "mmdet tensor mode (model._forward, as mmdet's get_flops.py; post-processing not traced)",
+    "cascade-tensor": (f"mmdet tensor mode with the cascade's mask heads on the first {MASK_ROIS} RoIs (mmdet's "
+                       "cascade / HTC tensor mode runs them on all proposals; inference on <= max_per_img "
+                       "detections); post-processing not traced"),
     "flops_forward": "the model's own flops_forward (what its inference runs)",
     "predict": ("inference path (model.predict; tensor mode would run bbox_head.loss on ground truth), "
                 "score threshold 0, NMS and min box size off so the mask branch runs on max_per_img detections"),

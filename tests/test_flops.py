@@ -165,3 +165,22 @@ def test_deformable_attention_counts_the_same_on_the_cuda_and_cpu_paths():
     cuda, note = _gflops(Cuda(), value.shape)
     assert cpu == cuda == 4 * sampled
     assert "MultiScaleDeformableAttnFunction" not in note.split("uncounted ops:")[1].split(";")[0]
+
+
+@pytest.mark.parametrize("ref", ["mmdet::htc/htc_r50_fpn_1x_coco.py",
+                                 "mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py"])
+def test_cascade_mask_heads_see_100_rois_not_all_proposals(ref):
+    """mmdet's cascade / HTC tensor mode runs every mask head on all RPN proposals; inference runs them on
+    at most max_per_img = 100 detections: the FLOPs trace gives them the first 100 RoIs (StandardRoIHead's
+    tensor-mode convention) while the box heads keep every proposal."""
+    model, _ = _detector(ref)
+    box_rois, mask_rois = [], []
+    for head in model.roi_head.bbox_head:
+        head.register_forward_hook(lambda m, i, o: box_rois.append(i[0].shape[0]))
+    for head in model.roi_head.mask_head:
+        head.register_forward_hook(lambda m, i, o: mask_rois.append(i[0].shape[0]))
+    g, note = measure_flops(model, _batch(128, 160))
+    assert g is not None, note
+    assert len(box_rois) == 3 and min(box_rois) > 100  # the proposals: more than the mask heads see
+    assert mask_rois == [100, 100, 100], mask_rois
+    assert "mask heads on the first 100 RoIs" in note
