@@ -12,6 +12,7 @@ statements, bench's model code, the library versions), so a second audit only bu
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -110,8 +111,9 @@ def _row_key(row: Row, flops: bool) -> Optional[str]:
                            "train_input": row.train.input_size, "flops": flops, "code": code_version(cfg)}, 20)
 
 
-def _cached_profiles(table: Table, flops: bool) -> tuple[list[dict], int, int]:
-    """Every row's profile (bench.profile) as a dict, from the cache where possible."""
+def _cached_profiles(table: Table, flops: bool, build: bool = True) -> tuple[list[dict], int, int]:
+    """Every row's profile (bench.profile) as a dict, from the cache where possible; with ``build``
+    False nothing is built (rows not in the cache have no measurement)."""
     from bench.profile import Profile, profile_table
     from bench.rowstatus import safe_row_status
     from bench.vocab import RowStatus
@@ -133,7 +135,7 @@ def _cached_profiles(table: Table, flops: bool) -> tuple[list[dict], int, int]:
             except (OSError, ValueError):
                 pass
     runnable = [r.id for r in table.rows if keys[r.id]]
-    if all(rid in hits for rid in runnable):
+    if not build or all(rid in hits for rid in runnable):
         out = []
         for row in table.rows:
             if row.id in hits:
@@ -142,7 +144,7 @@ def _cached_profiles(table: Table, flops: bool) -> tuple[list[dict], int, int]:
             else:
                 st, reason = safe_row_status(row)
                 out.append(asdict(Profile(table.name, row.position, row.id, row.label, str(st), note=reason)))
-        return out, 0, len(runnable)
+        return out, 0, len(hits)
     fresh = [asdict(p) for p in profile_table(table, flops=flops)]
     d = _cache_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -156,27 +158,70 @@ def _cached_profiles(table: Table, flops: bool) -> tuple[list[dict], int, int]:
 
 
 # ----------------------------------------------------------------------------------------- audit
-def audit_table(table: Table, flops: bool = True) -> Audit:
+@functools.lru_cache(maxsize=4)
+def _published_elsewhere(root: str) -> dict[str, dict[str, tuple[str, float, Table]]]:
+    """model hash -> metric -> (table/row, published value, its table), over the whole catalogue: the
+    architecture cells a model has in any table (csr-d2s Table II's full model is Table III's 256 row)."""
+    from bench.resolve import model_hash
+
+    out: dict[str, dict[str, tuple[str, float, Table]]] = {}
+    for t in Catalogue(Path(root)).tables():
+        for r in t.rows:
+            try:
+                h = model_hash(r)
+            except Exception:  # noqa: BLE001
+                continue
+            for metric in AUDIT_METRICS:
+                if h and r.published.get(metric) is not None:
+                    out.setdefault(h, {}).setdefault(metric, (f"{t.name}/{r.id}", r.published[metric], t))
+    return out
+
+
+def audit_table(table: Table, flops: bool = True, build: bool = True,
+                catalogue: Optional[Catalogue] = None) -> Audit:
+    """The table's architecture cells. ``build`` False (the HTML report): only what ``bench audit``
+    already measured and cached; the other cells say 'not measured'. With ``catalogue``, a row whose
+    table prints no #params / GFLOPs cell is audited against the cell another table prints for the
+    same model."""
+    from bench.resolve import model_hash
     from bench.report.rules import tolerance_for
 
-    flops = flops and any("gflops" in r.published for r in table.rows)   # counted only where printed
-    profiles, built, cached = _cached_profiles(table, flops)
+    elsewhere = _published_elsewhere(str(catalogue.root)) if catalogue is not None else {}
+    borrowed: dict[tuple[str, str], tuple[str, float, Table]] = {}
+    for row in table.rows:
+        for metric in AUDIT_METRICS:
+            if metric in row.published or row.model is None:
+                continue
+            try:
+                hit = elsewhere.get(model_hash(row) or "", {}).get(metric)
+            except Exception:  # noqa: BLE001
+                hit = None
+            if hit and not hit[0].startswith(f"{table.name}/"):
+                borrowed[(row.id, metric)] = hit
+    flops = flops and (any("gflops" in r.published for r in table.rows) or any(m == "gflops" for _, m in borrowed))
+    profiles, built, cached = _cached_profiles(table, flops, build)
     by_row = {p["row"]: p for p in profiles}
     audit = Audit(profiled=built, cached=cached)
     for row in table.rows:
         prof = by_row.get(row.id, {})
         for metric in AUDIT_METRICS:
-            if metric not in row.published:
+            src_table, origin = table, ""
+            if metric in row.published:
+                pub = row.published[metric]
+            elif (row.id, metric) in borrowed:
+                origin, pub, src_table = borrowed[(row.id, metric)]
+            else:
                 continue
-            pub = row.published[metric]
             meas = prof.get(metric)
-            places = decimals(pub, table.precision.get(metric)) if pub is not None else 0
-            trunc = metric in table.truncated
-            tol = tolerance_for(metric, row, table)
+            places = decimals(pub, src_table.precision.get(metric)) if pub is not None else 0
+            trunc = metric in src_table.truncated
+            tol = tolerance_for(metric, row if not origin else None, src_table)
             word = agreement(pub, meas, places, trunc, tol.value, tol.relative)
             note = prof.get("note") or ""
             if prof.get("status") not in (None, "runnable"):
                 word = f"{prof['status']}"   # reference only / model missing / refused: nothing to measure
+            if origin:
+                note = f"published in {origin} (the same model)" + (f"; {note}" if note else "")
             if metric == "gflops" and prof.get("input_hw"):
                 note = (f"at {prof['input_hw'][0]}x{prof['input_hw'][1]} ({prof.get('input_source', '')})"
                         + (f"; {note}" if note else ""))
@@ -242,7 +287,7 @@ def consistency(tables: list[Table]) -> list[Consistency]:
 def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue] = None) -> Audit:
     result = Audit()
     for t in tables:
-        a = audit_table(t, flops)
+        a = audit_table(t, flops, catalogue=catalogue)
         result.cells += a.cells
         result.profiled += a.profiled
         result.cached += a.cached

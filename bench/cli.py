@@ -824,8 +824,8 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
 
     from bench.audit import PRECISION_RULE, as_json as audit_json, audit
 
-    _, ts = _tables_arg(ctx, tables)
-    result = audit(ts, flops=not no_flops)
+    cat, ts = _tables_arg(ctx, tables)
+    result = audit(ts, flops=not no_flops, catalogue=cat)
     if as_json:
         click.echo(json.dumps(audit_json(result), indent=2))
         return

@@ -153,3 +153,33 @@ def test_index_page_in_chromium(report, tmp_path):
     counts = [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', line)]
     assert counts[0] == 4 and sum(counts[1:6]) == 4                      # every row counted once by status
     assert "SMOKE SCALE — not comparable to the paper" in dom
+
+
+def test_smoke_page_shows_the_architecture_audit_coloured(report, tmp_path, monkeypatch):
+    """At smoke scale the AP cells stay 'not comparable', while the audit's #params verdict (comparable at
+    any scale: the paper's configuration built on the CPU) is shown and coloured."""
+    from bench.report.command import report_cmd
+
+    results, _ = report
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    env = {"BENCH_RESULTS": str(results), "BENCH_RECIPES": str(REPO / "recipes"), "BENCH_CACHE": str(tmp_path / "cache")}
+    from bench.cli import main
+
+    res = CliRunner().invoke(main, ["audit", TABLE], env=env, catch_exceptions=False)
+    assert res.exit_code == 0 and "published in csr-d2s/table-i/ours" in res.output, res.output
+    out = tmp_path / "reports"
+    res = CliRunner().invoke(report_cmd, [TABLE, "--out", str(out), "--html"], env=env, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    page = out / "smoke" / "csr-d2s" / "table-ii.html"
+    dom = browse(page.as_uri(), tmp_path, "--dump-dom")
+    audit = re.search(r'<table class="data" id="audit-table">(.*?)</table>', dom, re.S).group(1)
+    row = re.search(r'<tr class="audit-row">.*?csr-d2s.*?</tr>|<tr class="audit-row">(?:(?!</tr>).)*params_M(?:(?!</tr>).)*</tr>',
+                    audit, re.S).group(0)
+    assert re.search(r'class="metric num within"', row) and re.search(r'class="agreement within">(exact|within)<', row)
+    assert "SMOKE SCALE — not comparable to the paper" in dom
+    assert 'class="metric within' not in dom.split('id="audit"')[0]   # the AP cells above are not coloured
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-table-ii-audit.png"
+    shot.unlink(missing_ok=True)
+    browse(page.as_uri() + "#audit", tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", "--hide-scrollbars")
+    assert shot.read_bytes()[:8] == PNG

@@ -91,12 +91,13 @@ def draw_figures(jobs: Sequence[tuple[TableView, Path]], workers: int) -> list[l
         return list(pool.map(write_plots, [v for v, _ in jobs], [f for _, f in jobs]))
 
 
-def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: Path, result: ReportOutput) -> None:
+def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: Path, result: ReportOutput,
+                catalogue: Optional[Catalogue] = None) -> None:
     from bench.report import html as pages
 
     page, _ = _table_paths(index.parent, view.table)
     result.figures += [p for plot in plots for p in plot.files.values()]
-    result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index)))
+    result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index, catalogue)))
     summary = pages.summary_of(view, page, index.parent)
     _write(page.with_suffix(".summary.json"), json.dumps(asdict(summary), indent=1))
 
@@ -136,7 +137,7 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
     if html:
         figures = draw_figures([(v, _table_paths(root, v.table)[1]) for v in result.views], workers)
         for view, plots, table_exports in zip(result.views, figures, exports, strict=True):
-            _write_page(view, plots, table_exports, index, result)
+            _write_page(view, plots, table_exports, index, result, catalogue)
     combined = {}
     if {"csv", "md"} & set(formats):
         frame = export.report_frame(result.views)

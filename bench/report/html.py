@@ -95,12 +95,19 @@ def _footnotes(view: TableView) -> dict[tuple[str, str], int]:
 
 
 def render_table_page(view: TableView, plots: Sequence[Plot], page: Path,
-                      exports: dict[str, Path], index: Optional[Path]) -> str:
+                      exports: dict[str, Path], index: Optional[Path], catalogue=None) -> str:
     page_dir = page.parent
     logs = {rv.row.id: href(rv.provenance.log_path, page_dir)
             for rv in view.rows if rv.provenance and rv.provenance.log_path}
+    from bench.audit import PRECISION_RULE, audit_table
+
+    try:
+        # what `bench audit` measured (cached), comparable at any scale
+        audit = audit_table(view.table, build=False, catalogue=catalogue).cells
+    except Exception:  # noqa: BLE001 - the page is written without its audit rather than not at all
+        audit = []
     return environment().get_template("table.html.j2").render(
-        view=view, table=view.table,
+        view=view, table=view.table, audit=audit, audit_rule=PRECISION_RULE,
         plots=[(p, {fmt: href(path, page_dir) for fmt, path in p.files.items()}) for p in plots],
         exports={fmt: href(path, page_dir) for fmt, path in exports.items()},
         index=href(index, page_dir) if index else None, logs=logs, footnotes=_footnotes(view), generated_at=now())
