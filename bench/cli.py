@@ -857,7 +857,7 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
 def cancel_cmd(ctx, table, rows, scale) -> None:
     """Cancel TABLE's queued or running jobs (or only ROWS'): scancel on SLURM, a signal locally.
     Each cancelled row is recorded as cancelled; its checkpoints stay, so a later run resumes."""
-    from bench.launch import cancel_rows
+    from bench.cancel import cancel_rows
 
     _, t = _load(ctx, table)
     selected = _select_rows(t, rows)

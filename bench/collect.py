@@ -56,7 +56,7 @@ def _live_state(pending: dict) -> tuple[str, Optional[str], Optional[str]]:
     """(run status, progress, last log line) of a submitted run that has no result yet. The records are
     read as untrusted data: a PID counts as alive only if it is still the recorded process."""
     from bench import proc
-    from bench.launch import read_state
+    from bench.state import read_state
 
     work = Path(pending.get("work_dir", ""))
     state = read_state(work)

@@ -26,7 +26,7 @@ class BenchProgressHook(Hook):
         if not last and (it % self.interval or time.monotonic() - self._last < self.min_period_s):
             return
         self._last = time.monotonic()
-        from bench.job import write_state
+        from bench.state import write_state
 
         loss = None
         if isinstance(outputs, dict) and "loss" in outputs:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.plan import RunSpec, metric_list
+from bench.state import write_state  # noqa: F401  (also used by callers of bench.job)
 from bench.results import Measurement, Result, atomic_write_json, write_result
 
 COCO_KEYS = {  # mmdet CocoMetric key suffix -> bench metric suffix
@@ -77,16 +78,6 @@ def log_tail(work_dir: Path, n: int = 20) -> list[str]:
 class ResultNotRecorded(RuntimeError):
     """The run failed and its failure could not be written either (a full disk); the message says
     why it failed and where it could not be recorded."""
-
-
-def write_state(work_dir: Path, **state: Any) -> None:
-    from bench.proc import self_identity
-
-    state.setdefault("pid", os.getpid())
-    state.setdefault("host", socket.gethostname())
-    state.setdefault("proc", self_identity())  # host, boot, start time, command line: `bench cancel` checks them
-    state["updated"] = _now()
-    atomic_write_json(Path(work_dir) / "state.json", state, durable=False)  # progress: atomic, not fsync'd
 
 
 # --------------------------------------------------------------------------------- measurements
