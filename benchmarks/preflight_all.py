@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache/bench"))
                     / "preflight-all")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "preflight_all.txt")
+    ap.add_argument("--note", default="", help="a line recorded with the output (e.g. what else ran on the machine)")
     args = ap.parse_args()
     from bench.recipes import Catalogue
 
@@ -101,7 +102,9 @@ def write_summary(args, tables, records, wall) -> None:
              "(cached records are not re-run: their times are from when they ran)",
              f"# tables: {len(tables)}; runs: {len(records)}; "
              + ", ".join(f"{s} {sum(r['status'] == s for r in records)}"
-                         for s in sorted({r['status'] for r in records})), ""]
+                         for s in sorted({r['status'] for r in records}))]
+    lines += [f"# note: {args.note}"] if args.note else []
+    lines += [f"# load average when written: {os.getloadavg()[0]:.1f}", ""]
     lines.append(f"{'status':12s} {'s/it':>7s} {'peak MB':>8s} {'train inst':>10s} {'eval inst':>9s}  rows / reason")
     for r in records:
         spi = f"{r['s_per_iter']:.1f}" if r.get("s_per_iter") else "-"

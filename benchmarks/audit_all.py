@@ -1,0 +1,54 @@
+"""`bench audit` over every table: cold (a new profile cache) and cached, with the wall time of each,
+and the audit's cells summarised by agreement word.
+
+    .venv/bin/python benchmarks/audit_all.py [--out benchmarks/audit_all.txt]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(cache: Path) -> tuple[float, dict]:
+    env = dict(os.environ, BENCH_CACHE=str(cache))
+    t = time.perf_counter()
+    proc = subprocess.run([str(REPO / ".venv/bin/bench"), "audit", "--json"], env=env, capture_output=True,
+                          text=True, check=True)
+    return time.perf_counter() - t, json.loads(proc.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "audit_all.txt")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        cold_s, out = run(Path(d))
+        warm = [run(Path(d))[0] for _ in range(3)]
+    cells = out["cells"]
+    words = collections.Counter(c["agreement"] for c in cells)
+    lines = ["# .venv/bin/python benchmarks/audit_all.py",
+             f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores; cold = new cache folder",
+             f"cold: {cold_s:.0f} s ({out['profiled']} rows profiled); cached: median {sorted(warm)[1]:.1f} s of "
+             f"{', '.join(f'{w:.1f}' for w in warm)} s",
+             f"cells: {len(cells)}: " + ", ".join(f"{k} {v}" for k, v in words.most_common()), "",
+             f"{'table':26s} {'row':28s} {'metric':9s} {'published':>10s} {'measured':>10s}  agreement"]
+    for c in cells:
+        m = f"{c['measured']:.4g}" if isinstance(c["measured"], (int, float)) else "-"
+        p = f"{c['published']:g}" if c["published"] is not None else "?"
+        lines.append(f"{c['table']:26s} {c['row']:28s} {c['metric']:9s} {p:>10s} {m:>10s}  {c['agreement']}")
+    lines += ["", "consistency of the published numbers:"]
+    lines += [f"  {f['kind']}: {', '.join(f['rows'])}: {f['detail']}" for f in out["consistency"]] or ["  none found"]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:5]))
+
+
+if __name__ == "__main__":
+    main()
