@@ -122,6 +122,13 @@ class TrainSpec(_Strict):
         return self
 
 
+def _nonnegative_tolerances(v: dict) -> dict:
+    for key, tol in v.items():
+        if tol < 0:
+            raise ValueError(f"tolerance.{key} must be >= 0, got {tol}")
+    return v
+
+
 class Row(_Strict):
     id: str
     label: str
@@ -149,10 +156,7 @@ class Row(_Strict):
     @field_validator("tolerance")
     @classmethod
     def _tolerance(cls, v: dict) -> dict:
-        for key, tol in v.items():
-            if tol < 0:
-                raise ValueError(f"tolerance.{key} must be >= 0, got {tol}")
-        return v
+        return _nonnegative_tolerances(v)
 
     @field_validator("published", "published_notes", "tolerance")
     @classmethod
@@ -189,10 +193,7 @@ class Table(_Strict):
     @field_validator("tolerance")
     @classmethod
     def _tolerance(cls, v: dict) -> dict:
-        for key, tol in v.items():
-            if tol < 0:
-                raise ValueError(f"tolerance.{key} must be >= 0, got {tol}")
-        return v
+        return _nonnegative_tolerances(v)
 
     @field_validator("table")
     @classmethod

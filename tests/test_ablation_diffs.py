@@ -7,14 +7,7 @@ import pytest
 
 from bench.recipes import Catalogue
 from bench.resolve import row_config
-
-
-def flat(node, path=""):
-    if isinstance(node, dict):
-        return {k2: v2 for k, v in node.items() for k2, v2 in flat(v, f"{path}.{k}" if path else str(k)).items()}
-    if isinstance(node, (list, tuple)):
-        return {k2: v2 for i, v in enumerate(node) for k2, v2 in flat(v, f"{path}[{i}]").items()}
-    return {path: node}
+from tests.configdiff import flat
 
 
 def changed(table: str, row: str) -> set[str]:

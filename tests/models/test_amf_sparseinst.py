@@ -359,19 +359,7 @@ def test_sparseinst_baseline_trains(recipe_model):
 
 
 # ------------------------------------------------------------------------------------------ ablation diffs
-def _flat(node, prefix=''):
-    """A resolved config as {dotted path: leaf value} (lists by index)."""
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flat(v, f'{prefix}{k}.'))
-        return out or {prefix[:-1]: {}}
-    if isinstance(node, (list, tuple)):
-        out = {}
-        for i, v in enumerate(node):
-            out.update(_flat(v, f'{prefix}{i}.'))
-        return out or {prefix[:-1]: []}
-    return {prefix[:-1]: node}
+from tests.configdiff import flat as _flat  # noqa: E402
 
 
 ENC = 'model.encoder.'
