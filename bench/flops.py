@@ -133,7 +133,7 @@ CONVENTION_OPS = {
         "tanh topk where zero_ argsort clone std var exponential_ uniform_ normal_ bernoulli_ unique_dim "
         "_unique2 masked_select masked_fill_ index_select scatter scatter_ scatter_add scatter_add_ "
         "rand rand_like randn randn_like randperm ones_like ones new_ones new_full new_zeros tril triu "
-        "log2 log1p log10 expm1 atan2 pad repeat expand_as triu_ tril_ repeat_interleave unbind split_with_sizes lerp isnan isinf flip roll cummax div_floor max_pool1d"
+        "log2 log1p log10 expm1 atan2 pixel_shuffle pixel_unshuffle pad repeat expand_as triu_ tril_ repeat_interleave unbind split_with_sizes lerp isnan isinf flip roll cummax div_floor max_pool1d"
     ).split()}
 
 
