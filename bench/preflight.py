@@ -169,7 +169,8 @@ def count_instances(ds, pipeline: list, mask_row: bool, limit: int = COUNT_IMAGE
         if mask_row and out.get("gt_masks") is not None:
             areas = out["gt_masks"].areas
             masked += int(sum(1 for a, f in zip(areas, flags) if not f and a > 0))
-    return {"images": len(ds), "kept": kept, "ignored": ignored, "masked": masked, "counted": counted,
+    # images of the dataset itself (after mmdet's filter_cfg), not a RepeatDataset's repeated length
+    return {"images": n, "kept": kept, "ignored": ignored, "masked": masked, "counted": counted,
             "loader": loader_cfg}
 
 
