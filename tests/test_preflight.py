@@ -228,7 +228,7 @@ FAMILIES = [
     ("solo", "amf-sparseinst/table-10", "solo-r50-512"),
     ("yolact", "amf-sparseinst/table-10", "yolact-r50-550"),
     ("condinst", "amf-sparseinst/table-10", "condinst-r50-800"),
-    ("sparseinst-amf", "amf-sparseinst/table-10", "amf-sparseinst-r50-608"),
+    ("sparseinst-amf", "amf-sparseinst/table-10", "amf-sparseinst-r50d-dcn-608"),
     ("cityscapes-sparseinst", "amf-sparseinst/table-10", "city-sparseinst-1024x512"),
     ("faster-rcnn", "sbr-cnn/table-8", None),
     ("r3-cnn", "sbr-cnn/table-2", "r3-naive"),
