@@ -253,7 +253,7 @@ def _family_row(table: str, row: str | None, family: str) -> str:
     for r in t.rows:
         if row_status(r)[0] is RowStatus.RUNNABLE and r.model.config and want in json.dumps(row_config(r.model).to_dict()["model"]):
             return r.id
-    pytest.skip(f"no runnable {family} row in {table}")
+    pytest.fail(f"no runnable {family} row in {table}: the family has no preflight")
 
 
 @pytest.mark.slow
