@@ -219,19 +219,22 @@ def model_code_fingerprint(config: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def missing_types(spec: ModelSpec) -> list[str]:
-    cfg = row_config(spec)
+_LIBRARY_SCOPES = ("mmdet", "mmengine", "mmcv")
+
+
+def missing_types(spec: ModelSpec, cfg: Any = None) -> list[str]:
+    """Types of the row's model that no registry knows (``cfg``: its resolved config, if already built)."""
+    cfg = row_config(spec) if cfg is None else cfg
     node = cfg.get("module") if spec.module is not None else cfg.get("model")
     known = known_types()
     missing = []
     for t in iter_types(node):
-        name = t.split(".", 1)[1] if "." in t and t.split(".", 1)[0] in ("mmdet", "mmengine", "mmcv") else t
+        name = t.split(".", 1)[1] if "." in t and t.split(".", 1)[0] in _LIBRARY_SCOPES else t
         if name not in known and t not in missing:
             missing.append(t)
     return missing
 
 
-_LIBRARY_SCOPES = ("mmdet", "mmengine", "mmcv")
 #: config keys that make mmengine import modules by name
 _IMPORTING_KEYS = ("custom_imports",)
 
@@ -287,7 +290,7 @@ def row_status(row: Row) -> tuple[RowStatus, str]:
     refused = refused_parts(cfg.to_dict() if row.model.module is None else {"module": dict(row.model.module)})
     if refused:
         return RowStatus.REFUSED, "; ".join(refused)
-    missing = missing_types(row.model)
+    missing = missing_types(row.model, cfg)   # the config built above, not built again
     if missing:
         return RowStatus.MODEL_MISSING, "not implemented: " + ", ".join(missing)
     return RowStatus.RUNNABLE, ""
