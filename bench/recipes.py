@@ -122,6 +122,37 @@ class TrainSpec(_Strict):
         return self
 
 
+class Claim(_Strict):
+    """One statement of the paper about a row, in a checkable form.
+
+    ``delta`` is the difference the paper states in words, signed as *this row minus the row it is
+    compared with* ("boosts by 0.8 AP": +0.8; "2.1 fewer GFLOPs": -2.1), in the metric's units, or in
+    percent of the other row's value when ``relative``. ``vs`` names that other row when it is not the
+    row's ``baseline`` (a row id of the same table, or 'paper/table/row')."""
+
+    text: str = Field(description="the paper's words, quoted or paraphrased, with the section")
+    metric: Optional[str] = Field(None, description="the metric key the stated delta is in")
+    delta: Optional[float] = Field(None, description="the stated difference, this row minus `vs` (or the baseline)")
+    relative: bool = Field(False, description="the delta is in percent of the compared row's value ('+2.6%')")
+    approximate: bool = Field(False, description="the paper hedges the figure ('about 0.7 AP')")
+    vs: Optional[str] = Field(None, description="the row compared against, when not the row's baseline")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in METRIC_KEYS:
+            raise ValueError(f"unknown metric {v!r}{_did_you_mean(v, METRIC_KEYS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _delta_needs_metric(self) -> "Claim":
+        if self.delta is not None and self.metric is None:
+            raise ValueError("a claim's delta needs the metric it is in (claim.metric)")
+        if (self.relative or self.approximate) and self.delta is None:
+            raise ValueError("'relative' and 'approximate' qualify a stated delta: give claim.delta")
+        return self
+
+
 def _nonnegative_tolerances(v: dict) -> dict:
     for key, tol in v.items():
         if tol < 0:
@@ -140,7 +171,9 @@ class Row(_Strict):
     published: dict[str, Optional[float]] = {}
     published_notes: dict[str, str] = Field({}, description="one note per unknown (null) published cell, and any doubtful one")
     baseline: Optional[str] = Field(None, description="row id (same table) or 'paper/table/row' this row is an ablation of")
-    claim: Optional[str] = Field(None, description="the paper's claim about this row, quoted or paraphrased with its section")
+    claim: Optional[list[Claim]] = Field(
+        None, description="the paper's claim(s) about this row: a string (words only), a mapping "
+                          "{text, metric, delta, relative, approximate, vs} or a list of them")
     tolerance: dict[str, float] = Field({}, description="per-metric tolerance for 'matches' (absolute, in metric units)")
     notes: list[str] = []
 
@@ -157,6 +190,25 @@ class Row(_Strict):
     @classmethod
     def _tolerance(cls, v: dict) -> dict:
         return _nonnegative_tolerances(v)
+
+    @field_validator("claim", mode="before")
+    @classmethod
+    def _claims(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        if isinstance(v, list):
+            return [{"text": c} if isinstance(c, str) else c for c in v]
+        return v
+
+    @property
+    def claim_text(self) -> Optional[str]:
+        """The claims' words, joined (what a page quotes)."""
+        return " ".join(c.text for c in self.claim) if self.claim else None
+
+    @property
+    def stated_claims(self) -> list[Claim]:
+        """The claims that state a difference (metric and delta)."""
+        return [c for c in self.claim or [] if c.delta is not None]
 
     @field_validator("published", "published_notes", "tolerance")
     @classmethod
@@ -223,6 +275,20 @@ class Table(_Strict):
             if row.baseline and "/" not in row.baseline and row.baseline not in seen:
                 raise ValueError(f"rows[{i}].baseline: no row {row.baseline!r} in this table"
                                  f"{_did_you_mean(row.baseline, seen)}")
+        ids = [r.id for r in self.rows]
+        for i, row in enumerate(self.rows):
+            for j, c in enumerate(row.claim or []):
+                where = f"rows[{i}].claim[{j}]"
+                if c.metric is not None and c.metric not in cols:
+                    raise ValueError(f"{where}.metric: {c.metric!r} is not among the table's columns"
+                                     f"{_did_you_mean(c.metric, cols)}")
+                if c.vs is not None and "/" not in c.vs and c.vs not in ids:
+                    raise ValueError(f"{where}.vs: no row {c.vs!r} in this table{_did_you_mean(c.vs, ids)}")
+                if c.vs is not None and c.vs == row.id:
+                    raise ValueError(f"{where}.vs: a row cannot be compared with itself")
+                if c.delta is not None and c.vs is None and not row.baseline:
+                    raise ValueError(f"{where}: a stated delta needs the row it is measured against "
+                                     "(claim.vs, or the row's baseline)")
         return self
 
     # -- derived ---------------------------------------------------------------------------------

@@ -362,11 +362,11 @@ def build_claim(table: Table, row: RowView, base: Optional[BaselineRef], smoke: 
                 problem: Optional[str]) -> ClaimView:
     ref = row.row.baseline or ""
     if base is None:
-        return ClaimView(row, ref, ref, row.row.claim, [], None, problem or f"baseline {ref!r} not found")
+        return ClaimView(row, ref, ref, row.row.claim_text, [], None, problem or f"baseline {ref!r} not found")
     keys = claim_metrics_of(row.row, base.row, table)
     metrics = [_claim_metric(table, row, base, k, smoke) for k in keys]
     label = base.row.label if base.table.name == table.name else f"{base.table.name}: {base.row.label}"
-    return ClaimView(row, ref, label, row.row.claim, metrics, rules.primary_metric(keys))
+    return ClaimView(row, ref, label, row.row.claim_text, metrics, rules.primary_metric(keys))
 
 
 def resolve_baseline(catalogue: Optional[Catalogue], table: Table, ref: str,
