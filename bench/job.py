@@ -196,15 +196,21 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def _results_for(spec: RunSpec, base: dict) -> list[Path]:
+def _results_for(spec: RunSpec, base: dict, matches: Optional[dict] = None) -> list[Path]:
     """Write each target row's result file, and the run's own record (``<work_dir>/result.json``),
-    from which a later plan serves other rows that need the same run without training again."""
-    atomic_write_json(Path(spec.work_dir) / "result.json", base)
+    from which a later plan serves other rows that need the same run without training again.
+    ``matches``: the record of the run's per-image matches file, copied beside each result first."""
+    from bench.matches import copy_beside
+
+    atomic_write_json(Path(spec.work_dir) / "result.json", dict(base, matches=matches))
     paths = []
     for t in spec.targets:
         others = [f"{o['table']}/{o['row']}" for o in spec.targets if o is not t]
+        row_matches = None
+        if matches:
+            row_matches = copy_beside(Path(spec.work_dir) / matches["file"], Path(t["path"]), matches)
         res = Result(table=t["table"], row=t["row"], label=t["label"], published=t["published"],
-                     shared_with=others, **base)
+                     shared_with=others, matches=row_matches, **base)
         write_result(Path(t["path"]), res)
         paths.append(Path(t["path"]))
     return paths
@@ -274,13 +280,14 @@ def _run_owned(spec: RunSpec, resume: bool) -> list[str]:
             print(f"bench: run {spec.run_key} failed: {msg}", file=sys.stderr, flush=True)
             raise ResultNotRecorded(msg) from e
         raise
+    matches = measurement.pop("_matches", None)
     measured, dropped = _finite_only(measured)
     for k in dropped:
         notes[k] = "measured a non-finite value (NaN or infinity): not a number, left empty"
     base.update(status="done", measured=measured, measured_notes=notes, measurement=measurement,
                 finished_at=_now(), wall_s=round(time.time() - t0, 1), log_tail=log_tail(work, 5))
     try:
-        paths = _results_for(spec, base)
+        paths = _results_for(spec, base, matches)
         write_state(work, state="done", iter=measurement.get("iterations"), max_iters=spec.overlay.get("iterations"))
     except OSError as not_written:
         where = Path(spec.targets[0]["path"]).parent if spec.targets else work
@@ -622,8 +629,11 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     probe = None
     if spec.gpus <= 1 and cfg.test_dataloader.get("batch_size", 1) == 1:
         probe = SpeedProbe(model, spec.scale_cfg["speed_images"])
+    from bench import matches as matches_mod
+
     try:
-        with safe_checkpoint_loading():  # an evaluation-only run loads its weights (load_from) here
+        # COCOeval's per-image matches are kept for the paired bootstrap of claims (bench/matches.py)
+        with safe_checkpoint_loading(), matches_mod.capture() as captured:
             metrics = runner.test()
     finally:
         if probe is not None:
@@ -688,4 +698,6 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         m["trained_by"] = (f"run {trained['run_key']} ({trained['checkpoint']}): the same training, "
                            "this row differs only at test time")
     m["phases_s"] = {k: round(v, 2) for k, v in phases.items()}
+    if captured:
+        m["_matches"] = matches_mod.save(work / "matches.npz", captured)
     return measured, notes, m

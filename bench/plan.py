@@ -636,6 +636,10 @@ def apply_reuse(plan: Plan) -> list[str]:
         res = Result(table=target["table"], row=target["row"], label=target["label"], published=target["published"],
                      shared_with=[], **{k: v for k, v in base.items() if k in Result.model_fields
                                         and k not in ("table", "row", "label", "published")})
+        if isinstance(base.get("matches"), dict) and (run_result.parent / "matches.npz").is_file():
+            from bench.matches import copy_beside
+
+            res.matches = copy_beside(run_result.parent / "matches.npz", Path(target["path"]), base["matches"])
         write_result(Path(target["path"]), res)
         written.append(f"{target['table']}/{target['row']}")
     return written

@@ -84,6 +84,8 @@ class Result(BaseModel):
     hostname: Optional[str] = None
     shared_with: list[str] = Field([], description="other table/rows served by the same run")
     executor: Optional[dict[str, Any]] = None
+    matches: Optional[dict[str, Any]] = Field(None, description="the per-image COCOeval matches file beside this "
+                                              "result (<row>.matches.npz): file, sha256, iou_types, images")
 
     @field_validator("measured", "published")
     @classmethod
