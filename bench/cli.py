@@ -667,6 +667,70 @@ def _run_with_progress(runs, cluster: str, max_parallel: int | None):
         return run_local(runs, max_parallel=n, on_progress=on_progress)
 
 
+# ----------------------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("table")
+@click.argument("row")
+@click.option("--checkpoint", required=True, metavar="FILE|zoo",
+              help="The checkpoint to evaluate (an mmengine .pth or a bare state dict), or 'zoo': the row's released "
+                   "mmdet model-zoo checkpoint, by file name from --weights-dir / $BENCH_WEIGHTS / torch's hub cache "
+                   "(never downloaded).")
+@click.option("--data-root", "data_root", multiple=True, metavar="[DATASET=]DIR",
+              help="Dataset root as for `bench run` (at smoke scale: the synthetic set's folder).")
+@click.option("--scale", default="smoke", show_default=True,
+              help="Build the row's config as `bench run` does at this scale (smoke, paper, or a scale YAML).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate the first N images only (said in the result: never comparable to the paper).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--allow-partial", "allow_partial", multiple=True, metavar="KEY_PREFIX",
+              help="Allow a partial load when every missing, unexpected or shape-mismatched key starts with one of "
+                   "these prefixes (repeatable); the result says what was skipped.")
+@click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding checkpoints by file name (repeatable; then $BENCH_WEIGHTS, torch's hub cache).")
+@click.pass_context
+def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow_partial, weights_dirs) -> None:
+    """Evaluate a given checkpoint (released weights, another training) as TABLE's ROW: the row's config as
+    `bench run` builds it, the checkpoint loaded strictly as data (its keys checked against the model), the
+    row's COCO evaluation, params, FLOPs and speed. Writes results/<scale>/checkpoint-evals/<paper>/<table>/<row>.json
+    (source: checkpoint), never over the row's trained result; the report shows both."""
+    from bench.data.datasets import DataError
+    from bench.evaluate import EvalError, evaluate
+    from bench.plan import PlanError
+
+    _, t = _load(ctx, table)
+    (r,) = _select_rows(t, (row,))
+    note = None
+    if checkpoint == "zoo":
+        from bench.zoo import ZooError, local_checkpoint
+
+        try:
+            path, note = local_checkpoint(r, list(weights_dirs))
+        except ZooError as e:
+            raise BenchError(str(e)) from None
+    else:
+        path = Path(checkpoint)
+    if scale == "paper" and not data_root:
+        raise BenchError("--scale paper needs --data-root (as `bench run --scale paper`)")
+    try:
+        out, res = evaluate(t, r, path, _results_root(ctx), scale=scale, data_root=_data_roots(data_root), limit=limit,
+                            device=device, allow_partial=tuple(allow_partial), weights_dirs=list(weights_dirs),
+                            checkpoint_note=note, on_line=click.echo)
+    except (EvalError, PlanError, DataError) as e:
+        raise BenchError(str(e)) from None
+    m = res.measured
+    shown = ", ".join(f"{k} {m[k]:g}" for k in ("mask_AP", "box_AP", "params_M", "gflops", "fps") if m.get(k) is not None)
+    click.echo(f"{t.name}/{r.id}: checkpoint {res.checkpoint['path']} (sha256 {res.checkpoint['sha256'][:12]}, "
+               f"{res.checkpoint['size']} bytes, {res.checkpoint['keys_loaded']} keys loaded): {shown}")
+    if limit:
+        click.echo(f"  --limit {limit}: the first {res.measurement.eval_images} evaluation image(s) only: "
+                   "never comparable to the paper")
+    if res.measurement.scale == "smoke":
+        from bench.report.rules import SMOKE_BANNER
+
+        click.echo(f"  {SMOKE_BANNER}")
+    click.echo(f"  result: {out}")
+
+
 # --------------------------------------------------------------------------------------- status
 def _tables_arg(ctx, names: tuple[str, ...]):
     cat = _catalogue(ctx)
@@ -822,7 +886,7 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     against each other. Comparable at any scale; profiles are cached by model, so a second audit is instant."""
     from dataclasses import asdict
 
-    from bench.audit import PRECISION_RULE, as_json as audit_json, audit
+    from bench.audit import CLAIM_RULE, PRECISION_RULE, as_json as audit_json, audit
 
     cat, ts = _tables_arg(ctx, tables)
     result = audit(ts, flops=not no_flops, catalogue=cat)
@@ -844,6 +908,11 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     con.print(rt)
     for f in result.consistency:
         con.print(f"[yellow]{f.kind}:[/yellow] {', '.join(f.rows)}: {f.detail}")
+    if result.claims:
+        words = [c.agreement for c in result.claims]
+        con.print(f"claims stating a figure: {len(words)}: " + ", ".join(
+            f"{words.count(w)} {w}" for w in ("consistent", "inconsistent", "cannot check") if w in words))
+        con.print(f"[dim]{CLAIM_RULE}[/dim]")
     con.print(f"[dim]{PRECISION_RULE}[/dim]")
     con.print(f"{result.profiled} row(s) profiled, {result.cached} from the cache")
 

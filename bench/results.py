@@ -4,6 +4,8 @@ Layout (fixed, so a later process can reattach):
     results/<scale>/<paper>/<table>/<row>.json       the row's result (done or failed)
     results/<scale>/runs/<run_key>/                   the run's work dir: config, logs, checkpoints,
                                                       state.json (live progress), job.json (executor ids)
+    results/<scale>/checkpoint-evals/<paper>/<table>/<row>.json   `bench eval` of a given checkpoint
+                                                      (source: checkpoint), never a trained result
 A run (one training) may serve several rows of several tables; each row gets its own result file.
 """
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Measurement(BaseModel):
                                       "row differs from it only at test time (nothing trained)")
     phases_s: dict[str, float] = Field({}, description="wall seconds of the job's phases: setup (imports, data, "
                                        "Runner), train, test (COCO evaluation), measure (params, FLOPs, speed)")
+    eval_limit: Optional[int] = Field(None, description="`bench eval --limit N`: only the first N evaluation images "
+                                      "were evaluated (never comparable to the paper)")
 
 
 class Result(BaseModel):
@@ -84,6 +88,10 @@ class Result(BaseModel):
     hostname: Optional[str] = None
     shared_with: list[str] = Field([], description="other table/rows served by the same run")
     executor: Optional[dict[str, Any]] = None
+    source: Literal["trained", "checkpoint"] = Field("trained", description="trained: `bench run` trained the model; "
+                                                     "checkpoint: `bench eval` evaluated a given checkpoint file")
+    checkpoint: Optional[dict[str, Any]] = Field(None, description="source checkpoint: {path, sha256, size, ...} of "
+                                                 "the file evaluated, and what a partial load skipped")
     matches: Optional[dict[str, Any]] = Field(None, description="the per-image COCOeval matches file beside this "
                                               "result (<row>.matches.npz): file, sha256, iou_types, images")
 
@@ -102,6 +110,16 @@ class Result(BaseModel):
 
 def result_path(root: Path, scale: str, table: str, row: str) -> Path:
     return Path(root) / scale / table / f"{row}.json"
+
+
+def checkpoint_result_path(root: Path, scale: str, table: str, row: str) -> Path:
+    """Where `bench eval` writes a checkpoint's evaluation of a row: a folder of its own, so it never
+    overwrites (or is read as) the row's trained result."""
+    return Path(root) / scale / CHECKPOINT_EVALS / table / f"{row}.json"
+
+
+#: results/<scale>/checkpoint-evals/<paper>/<table>/<row>.json (see checkpoint_result_path)
+CHECKPOINT_EVALS = "checkpoint-evals"
 
 
 def run_dir(root: Path, scale: str, run_key: str) -> Path:

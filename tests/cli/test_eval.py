@@ -1,0 +1,121 @@
+"""`bench eval`: a checkpoint evaluated as a row, against a real training of that row.
+
+One real `bench run` of the tiny Mask R-CNN row (tiny smoke variant, ~40 s) serves the module; each
+`bench eval` runs in-process (real model, real checkpoint, real pycocotools)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from bench.results import checkpoint_result_path, read_result, result_path
+from tests.conftest import TEST_RECIPES, TINY_SCALE, bench_env, bench_exe
+
+TABLE, ROW = "pipeline-test/table-1", "tiny"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(results root, data root, the trained result, its final checkpoint)."""
+    results = tmp_path_factory.mktemp("eval-results")
+    data = tmp_path_factory.mktemp("eval-data")
+    p = subprocess.run([bench_exe(), "run", TABLE, ROW, "--scale", str(TINY_SCALE)], env=bench_env(results, data),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = read_result(result_path(results, "smoke", TABLE, ROW))
+    ckpt = sorted((results / "smoke" / "runs" / res.run_key / "train").glob("iter_*.pth"),
+                  key=lambda q: int(q.stem.split("_")[1]))[-1]
+    return results, data, res, ckpt
+
+
+def _eval(trained, *args, expect=0):
+    results, data, _, _ = trained
+    from bench.cli import main
+
+    env = {"BENCH_RESULTS": str(results), "BENCH_DATA": str(data), "BENCH_RECIPES": str(TEST_RECIPES), "COLUMNS": "240"}
+    out = CliRunner().invoke(main, ["eval", TABLE, ROW, "--scale", str(TINY_SCALE), *args], env=env,
+                             catch_exceptions=False)
+    assert out.exit_code == expect, out.output
+    return out.output
+
+
+def _rewritten(src, dst, edit):
+    """A copy of checkpoint ``src`` with its state dict edited by ``edit`` (loaded as data)."""
+    import torch
+
+    from bench.job import safe_checkpoint_loading
+
+    with safe_checkpoint_loading():
+        ckpt = torch.load(str(src), map_location="cpu", weights_only=True)
+    edit(ckpt["state_dict"])
+    torch.save({"meta": {}, "state_dict": ckpt["state_dict"]}, str(dst))
+    return dst
+
+
+def test_eval_of_the_final_checkpoint_reproduces_the_trained_run(trained):
+    results, _, res, ckpt = trained
+    trained_path = result_path(results, "smoke", TABLE, ROW)
+    before = trained_path.read_bytes()
+    out = _eval(trained, "--checkpoint", str(ckpt))
+    ev = read_result(checkpoint_result_path(results, "smoke", TABLE, ROW))
+    assert ev.source == "checkpoint" and res.source == "trained"
+    aps = [k for k in res.measured if k.startswith(("mask_", "box_"))]
+    assert "mask_AP" in aps and "box_AP" in aps
+    assert {k: ev.measured[k] for k in aps} == {k: res.measured[k] for k in aps}   # exactly, every COCO metric
+    assert ev.measured["params_M"] == res.measured["params_M"] and ev.measured["gflops"] == res.measured["gflops"]
+    assert ev.measured["fps"] > 0 and "timed during the evaluation pass" in ev.measurement.speed_protocol
+    from bench.job import file_sha256
+
+    assert ev.checkpoint["sha256"] == file_sha256(ckpt) and ev.checkpoint["size"] == ckpt.stat().st_size
+    assert ev.checkpoint["skipped"] == [] and ev.measurement.eval_limit is None
+    assert ev.run_key == res.run_key and ev.measurement.eval_images == res.measurement.eval_images
+    assert trained_path.read_bytes() == before                        # the trained result is untouched
+    assert f"mask_AP {res.measured['mask_AP']:g}" in out and "result:" in out
+
+
+def test_a_renamed_key_is_refused_with_the_key_named(trained, tmp_path):
+    results, _, _, ckpt = trained
+    key = "roi_head.mask_head.conv_logits.weight"
+    bad = _rewritten(ckpt, tmp_path / "renamed.pth", lambda sd: sd.__setitem__(key + "_x", sd.pop(key)))
+    ev_path = checkpoint_result_path(results, "smoke", TABLE, ROW)
+    before = ev_path.read_bytes() if ev_path.exists() else None
+    out = _eval(trained, "--checkpoint", str(bad), expect=1)
+    assert f"key(s) missing (in the model, not in the checkpoint): {key}" in out
+    assert f"unexpected (in the checkpoint, not in the model): {key}_x" in out and "Refused" in out
+    assert (ev_path.read_bytes() if ev_path.exists() else None) == before   # nothing written
+    # a prefix that does not cover every offending key is still refused
+    out = _eval(trained, "--checkpoint", str(bad), "--allow-partial", "backbone.", expect=1)
+    assert "outside the --allow-partial prefixes" in out
+
+
+def test_allow_partial_loads_and_says_what_it_skipped(trained, tmp_path):
+    results, _, _, ckpt = trained
+    key = "roi_head.mask_head.conv_logits.weight"
+    bad = _rewritten(ckpt, tmp_path / "renamed.pth", lambda sd: sd.__setitem__(key + "_x", sd.pop(key)))
+    out = _eval(trained, "--checkpoint", str(bad), "--allow-partial", "roi_head.mask_head.", "--limit", "2")
+    assert "partial load (--allow-partial roi_head.mask_head.): skipped" in out and key in out
+    assert "--limit 2: the first 2 evaluation image(s) only" in out
+    ev = read_result(checkpoint_result_path(results, "smoke", TABLE, ROW))
+    assert any(key in s for s in ev.checkpoint["skipped"]) and ev.checkpoint["allow_partial"] == ["roi_head.mask_head."]
+    assert ev.measurement.eval_limit == 2 and ev.measurement.eval_images == 2
+    assert "never comparable" in ev.measured_notes["mask_AP"]
+
+
+def test_a_checkpoint_that_pickles_code_is_refused_unloaded(trained, tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pth"
+    import torch
+
+    torch.save({"state_dict": {}, "x": Evil()}, str(bad), pickle_module=pickle)
+    out = _eval(trained, "--checkpoint", str(bad), expect=1)
+    assert "refused" in out and "allow-list" in out and not marker.exists()
