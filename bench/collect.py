@@ -11,7 +11,7 @@ from typing import Optional
 import pandas as pd
 
 from bench.recipes import Table
-from bench.results import Result, ResultReadError, read_result, result_path
+from bench.results import Result, ResultReadError, checkpoint_result_path, read_result, result_path
 from bench.vocab import METRIC_KEYS, RunStatus
 
 
@@ -28,6 +28,7 @@ class RowState:
     progress: Optional[str] = None
     last_log: Optional[str] = None
     job: Optional[dict] = None
+    checkpoint: Optional[Result] = None   # `bench eval` of a given checkpoint for this row (source: checkpoint)
 
 
 @dataclass
@@ -140,19 +141,41 @@ def table_states(table: Table, scale: str, results_root: Path, statuses=None) ->
         if path.exists():
             try:
                 rs.result = read_result(path)
-                rs.run_status = rs.result.status
-                if rs.result.log_tail:
-                    rs.last_log = rs.result.log_tail[-1]
+                if rs.result.source != "trained":   # a checkpoint evaluation copied over a trained result
+                    problems.append(f"{path}: holds a checkpoint evaluation (source: {rs.result.source}), not a "
+                                    "training: not shown as trained here")
+                    rs.result = None
+                else:
+                    rs.run_status = rs.result.status
+                    if rs.result.log_tail:
+                        rs.last_log = rs.result.log_tail[-1]
             except ResultReadError as e:
                 problems.append(str(e))
                 rs.run_status = str(RunStatus.FAILED)
                 rs.reason = f"corrupt result file: {e}"
+        rs.checkpoint = _checkpoint_result(results_root, scale, table.name, row.id, problems)
         if pending and (rs.result is None or rs.result.run_key != pending.get("run_key")):
             rs.job = pending
             rs.run_status, rs.progress, last = _live_state(pending)
             rs.last_log = last or rs.last_log
         states.append(rs)
     return states, problems
+
+
+def _checkpoint_result(results_root: Path, scale: str, table: str, row: str, problems: list[str]) -> Optional[Result]:
+    """The row's `bench eval` result, if there is a done one that says it is one (source: checkpoint)."""
+    path = checkpoint_result_path(results_root, scale, table, row)
+    if not path.exists():
+        return None
+    try:
+        res = read_result(path)
+    except ResultReadError as e:
+        problems.append(str(e))
+        return None
+    if res.source != "checkpoint" or (res.table, res.row) != (table, row) or res.status != "done":
+        problems.append(f"{path}: not a done checkpoint evaluation of {table}/{row}: ignored")
+        return None
+    return res
 
 
 def collect(tables: list[Table], scale: str, results_root: Path) -> Collection:
@@ -173,8 +196,9 @@ def frame(tables: list[Table], col: Collection) -> pd.DataFrame:
         row = t.row(s.row)
         res = s.result if s.result and s.result.status == "done" else None
         metrics = [c.key for c in t.metric_columns]
-        if res:
-            metrics += [k for k in res.measured if k not in metrics and k in METRIC_KEYS]
+        for r in (res, s.checkpoint):
+            if r:
+                metrics += [k for k in r.measured if k not in metrics and k in METRIC_KEYS]
         for m in metrics:
             pub = row.published.get(m)
             meas = res.measured.get(m) if res else None
@@ -189,9 +213,14 @@ def frame(tables: list[Table], col: Collection) -> pd.DataFrame:
                 "iterations": res.measurement.iterations if res and res.measurement else None,
                 "device": res.measurement.device if res and res.measurement else None,
                 "config_hash": res.config_hash if res else None,
+                # `bench eval` of a given checkpoint (released weights): its own column, never "measured"
+                "checkpoint": s.checkpoint.measured.get(m) if s.checkpoint else None,
+                "checkpoint_limit": s.checkpoint.measurement.eval_limit if s.checkpoint and s.checkpoint.measurement
+                else None,
             })
     cols = ["table", "position", "row", "label", "row_status", "run_status", "metric", "in_paper_table",
-            "published", "measured", "delta", "scale", "dataset", "iterations", "device", "config_hash"]
+            "published", "measured", "delta", "scale", "dataset", "iterations", "device", "config_hash",
+            "checkpoint", "checkpoint_limit"]
     return pd.DataFrame.from_records(recs, columns=cols)
 
 
@@ -201,9 +230,9 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
         return df
     d = df[df["in_paper_table"]]
     base = d.drop_duplicates(["table", "row"])[["table", "position", "row", "label", "row_status", "run_status", "scale"]]
-    piv = d.pivot_table(index=["table", "row"], columns="metric", values=["published", "measured", "delta"],
-                        aggfunc="first", dropna=False)
+    kinds = ["published", "measured", "delta"] + (["checkpoint"] if d["checkpoint"].notna().any() else [])
+    piv = d.pivot_table(index=["table", "row"], columns="metric", values=kinds, aggfunc="first", dropna=False)
     piv.columns = [f"{m}:{kind}" for kind, m in piv.columns]
-    order = [c for m in METRIC_KEYS for c in (f"{m}:published", f"{m}:measured", f"{m}:delta") if c in piv.columns]
+    order = [c for m in METRIC_KEYS for c in (f"{m}:{k}" for k in kinds) if c in piv.columns]
     out = base.merge(piv[order].reset_index(), on=["table", "row"], how="left")
     return out.sort_values(["table", "position"]).reset_index(drop=True)

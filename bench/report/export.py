@@ -28,11 +28,15 @@ def row_record(view: TableView, rv: RowView) -> dict[str, Any]:
         rec[f"{key}.delta"] = cell.delta
         rec[f"{key}.tolerance"] = cell.tolerance.describe()
         rec[f"{key}.agreement"] = str(cell.agreement)
+        if rv.released is not None:   # `bench eval` of a given checkpoint: its own column
+            rec[f"{key}.checkpoint"] = rv.released_value(key)
     prov = rv.provenance
     rec.update(seeds=len(rv.results), scale=view.scale,
                dataset=prov.dataset if prov else None, iterations=prov.iterations if prov else None,
                device=prov.device if prov else None, finished_at=prov.finished_at if prov else None,
                git_commit=prov.git_commit if prov else None, config_hash=prov.config_hash if prov else None)
+    if rv.released is not None:
+        rec.update(checkpoint=rv.released_label, checkpoint_sha256=(rv.released.checkpoint or {}).get("sha256"))
     return rec
 
 

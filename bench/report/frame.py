@@ -144,6 +144,20 @@ class RowView:
     results: list[Result]
     provenance: Optional[Provenance]
     last_log: Optional[str]
+    released: Optional[Result] = None  # `bench eval` of a given checkpoint (source: checkpoint), shown apart
+
+    @property
+    def released_label(self) -> str:
+        """How the page names the checkpoint evaluation's numbers (and the trained ones beside them)."""
+        if self.released is None:
+            return ""
+        ck = self.released.checkpoint or {}
+        word = "released weights" if "zoo" in str(ck.get("note") or "") else "checkpoint"
+        limit = self.released.measurement.eval_limit if self.released.measurement else None
+        return word + (f" (first {limit} images)" if limit else "")
+
+    def released_value(self, metric: str) -> Optional[float]:
+        return self.released.measured.get(metric) if self.released else None
 
     @property
     def has_numbers(self) -> bool:
@@ -325,7 +339,7 @@ def build_row(table: Table, row: Row, state: RowState, results: Sequence[Result]
     return RowView(row=row, factors=[factor_text(row.factors.get(c.key)) for c in table.factor_columns],
                    row_status=state.row_status, run_status=state.run_status, detail=status_detail(state),
                    cells=cells, results=list(results), provenance=provenance(results),
-                   last_log=_last_log(state, results))
+                   last_log=_last_log(state, results), released=getattr(state, "checkpoint", None))
 
 
 # ------------------------------------------------------------------------------------ claims

@@ -119,3 +119,37 @@ def test_a_checkpoint_that_pickles_code_is_refused_unloaded(trained, tmp_path):
     torch.save({"state_dict": {}, "x": Evil()}, str(bad), pickle_module=pickle)
     out = _eval(trained, "--checkpoint", str(bad), expect=1)
     assert "refused" in out and "allow-list" in out and not marker.exists()
+
+
+def test_report_and_collect_show_the_checkpoint_beside_the_trained_numbers(trained, tmp_path):
+    results, data, res, ckpt = trained
+    ev_path = checkpoint_result_path(results, "smoke", TABLE, ROW)
+    if not ev_path.exists():
+        _eval(trained, "--checkpoint", str(ckpt))
+    ev = read_result(ev_path)
+    from bench.cli import main
+
+    env = {"BENCH_RESULTS": str(results), "BENCH_DATA": str(data), "BENCH_RECIPES": str(TEST_RECIPES)}
+    out = CliRunner().invoke(main, ["report", TABLE, "--html", "--format", "csv", "--out", str(tmp_path / "rep")],
+                             env=env, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
+    import re
+
+    row_html = re.search(r'<tr id="row-tiny".*?</tr>', page, re.S).group(0)
+    # one labelled pair per metric column (AP, box AP, #params): the trained number and the checkpoint's
+    assert row_html.count('class="src small">trained here<') == 3
+    label = "checkpoint" + (f" (first {ev.measurement.eval_limit} images)" if ev.measurement.eval_limit else "")
+    assert row_html.count('data-source="checkpoint"') == 3 and f"{label}: {ev.measured['params_M']:.1f}" in row_html
+    assert ev.checkpoint["sha256"] in row_html
+    # the other rows have no checkpoint evaluation: no such label
+    assert "src small" not in re.search(r'<tr id="row-tiny-nan".*?</tr>', page, re.S).group(0)
+    import csv as csvlib
+
+    rows = list(csvlib.DictReader(next((tmp_path / "rep" / "smoke").rglob("table-1*.csv")).open()))
+    tiny = next(r for r in rows if r["row"] == ROW)
+    assert float(tiny["mask_AP.checkpoint"]) == ev.measured["mask_AP"]
+    assert float(tiny["mask_AP.measured"]) == res.measured["mask_AP"] and tiny["checkpoint"] == label
+    out = CliRunner().invoke(main, ["collect", TABLE, "--format", "csv"], env=env, catch_exceptions=False)
+    head = out.output.splitlines()[0]
+    assert "mask_AP:checkpoint" in head and "mask_AP:measured" in head
