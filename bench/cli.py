@@ -145,7 +145,9 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
     if as_json:
         out = {"table": t.name, "number": t.number, "title": t.title,
                "columns": [c.model_dump() for c in t.columns],
-               "rows": [_row_record(t, r, with_hash=True) | {"factors": r.factors} for r in t.rows]}
+               "rows": [_row_record(t, r, with_hash=True) | {"factors": r.factors,
+                                                              "released_checkpoint": _zoo_link(r, as_dict=True)}
+                        for r in t.rows]}
         click.echo(json.dumps(out, indent=2))
         return
     from rich.table import Table as RTable
@@ -164,12 +166,26 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
         rt.add_row(str(r.position), r.label, *cells, str(status))
         if reason:
             notes.append(f"row {r.position} ({r.id}): {status}: {reason}")
+        link = _zoo_link(r)
+        if link is not None:
+            notes.append(f"row {r.position} ({r.id}): mmdet model zoo {link.model.name}: {link.describe()}")
         for k, n in r.published_notes.items():
             notes.append(f"row {r.position} ({r.id}) {k}: {n}")
     con = _console()
     con.print(rt)
     for n in notes:
         con.print(f"  [dim]{n}[/dim]")
+
+
+def _zoo_link(row, as_dict: bool = False):
+    """The row's mmdet model-zoo link (bench.zoo), or None; a metafile that cannot be read is no link."""
+    from bench.zoo import link
+
+    try:
+        lk = link(row)
+    except Exception:  # noqa: BLE001 - the zoo link is extra information: never fail a listing for it
+        return None
+    return lk.as_dict() if (as_dict and lk is not None) else lk
 
 
 # ------------------------------------------------------------------------------------- validate
@@ -626,7 +642,13 @@ def weights_cmd(ctx, tables, weights_dirs, missing, as_json) -> None:
                 click.echo(f"{t.name} row {r.id!r}: cannot resolve its config: {str(e).splitlines()[-1]}", err=True)
                 continue
             for w in localize(cfg, list(weights_dirs), rewrite=False):
-                e = entries.setdefault(w.file_name, w.as_dict() | {"rows": []})
+                e = entries.setdefault(w.file_name, w.as_dict() | {"rows": [], "kind": "pretrained"})
+                e["rows"].append(f"{t.name}/{r.id}")
+            link = _zoo_link(r)
+            if link is not None:   # what `bench eval --checkpoint zoo` evaluates
+                from bench.weights import released_ref
+
+                e = entries.setdefault(link.model.file_name, released_ref(link, list(weights_dirs)) | {"rows": []})
                 e["rows"].append(f"{t.name}/{r.id}")
     items = [e for e in entries.values() if not (missing and e["found"])]
     if as_json:
@@ -634,8 +656,11 @@ def weights_cmd(ctx, tables, weights_dirs, missing, as_json) -> None:
         return
     for e in items:
         where = f"found: {e['found']}" if e["found"] else f"MISSING: put it at {e['put_at']}"
-        click.echo(f"{e['file_name']}\n  {e['url'] or e['ref']}\n  {where}\n  used by {len(e['rows'])} row(s): "
-                   + ", ".join(e["rows"][:6]) + (" ..." if len(e["rows"]) > 6 else ""))
+        kind = ("released checkpoint (mmdet model zoo, for `bench eval --checkpoint zoo`): " + e["where"]
+                if e.get("kind") == "released checkpoint" else "")
+        click.echo(f"{e['file_name']}\n  {e['url'] or e['ref']}\n  {where}\n" + (f"  {kind}\n" if kind else "")
+                   + f"  used by {len(e['rows'])} row(s): " + ", ".join(e["rows"][:6])
+                   + (" ..." if len(e["rows"]) > 6 else ""))
     n_missing = sum(not e["found"] for e in entries.values())
     click.echo(f"{len(entries)} checkpoint file(s), {n_missing} missing")
 

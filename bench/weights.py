@@ -143,3 +143,15 @@ def localize(cfg: dict, weights_dirs: Optional[list[Path]] = None, rewrite: bool
             holder[key] = w.found
         refs.append(w)
     return refs
+
+
+def released_ref(link, weights_dirs: Optional[list[Path]] = None) -> dict:
+    """A row's released model-zoo checkpoint (a ``bench.zoo.ZooLink``) as ``bench weights`` lists it: the
+    whole detector's weights, which ``bench eval --checkpoint zoo`` evaluates; found here or where to put it."""
+    dirs = search_dirs(weights_dirs)
+    hit = find(link.model.file_name, dirs)
+    w = WeightRef(ref=link.model.weights, where=f"{link.model.metafile}: {link.model.name}", url=link.model.weights,
+                  file_name=link.model.file_name, found=str(hit) if hit else None,
+                  put_at=None if hit else str(dirs[0] / link.model.file_name),
+                  notes=[link.describe()])
+    return w.as_dict() | {"kind": "released checkpoint"}

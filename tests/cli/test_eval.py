@@ -153,3 +153,37 @@ def test_report_and_collect_show_the_checkpoint_beside_the_trained_numbers(train
     out = CliRunner().invoke(main, ["collect", TABLE, "--format", "csv"], env=env, catch_exceptions=False)
     head = out.output.splitlines()[0]
     assert "mask_AP:checkpoint" in head and "mask_AP:measured" in head
+
+
+def test_checkpoint_zoo_takes_the_released_file_by_name_and_never_downloads(trained, tmp_path, monkeypatch):
+    import shutil
+
+    from bench.zoo import link
+    from bench.recipes import Catalogue
+
+    results, _, res, ckpt = trained
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("BENCH_WEIGHTS", raising=False)
+    zoo = link(Catalogue(TEST_RECIPES).load(TABLE).row(ROW))   # the tiny row's base config: mmdet's Mask R-CNN
+    assert zoo.model.file_name == "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth" and not zoo.exact
+    (tmp_path / "empty").mkdir()
+    out = _eval(trained, "--checkpoint", "zoo", "--weights-dir", str(tmp_path / "empty"), expect=1)
+    assert f"the released checkpoint {zoo.model.file_name} is not here" in out and zoo.model.weights in out
+    assert "never downloads" in out
+    # a file of that name in --weights-dir is what `--checkpoint zoo` evaluates (here: the tiny row's own weights,
+    # so its numbers must be the training's)
+    (tmp_path / "w").mkdir()
+    shutil.copy(ckpt, tmp_path / "w" / zoo.model.file_name)
+    _eval(trained, "--checkpoint", "zoo", "--weights-dir", str(tmp_path / "w"))
+    ev = read_result(checkpoint_result_path(results, "smoke", TABLE, ROW))
+    assert ev.checkpoint["path"] == str((tmp_path / "w" / zoo.model.file_name).resolve())
+    assert "mmdet model zoo" in ev.checkpoint["note"] and zoo.model.weights in ev.checkpoint["note"]
+    assert ev.measured["mask_AP"] == res.measured["mask_AP"] and ev.measured["box_AP"] == res.measured["box_AP"]
+    from bench.cli import main
+
+    env = {"BENCH_RESULTS": str(results), "BENCH_RECIPES": str(TEST_RECIPES)}
+    out = CliRunner().invoke(main, ["report", TABLE, "--html", "--out", str(tmp_path / "rep")], env=env,
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
+    assert page.count(">released weights: ") == 3 and page.count('class="src small">trained here<') == 3
