@@ -86,9 +86,38 @@ class Consistency:
 
 
 @dataclass
+class ClaimCheck:
+    """A figure the paper's text states about a row, against the difference of the table's own cells."""
+
+    table: str
+    row: str
+    vs: str
+    metric: str
+    stated: float
+    relative: bool
+    approximate: bool
+    cells: Optional[list[Optional[float]]]    # [this row, the compared row] as printed
+    cells_delta: Optional[float]              # what the printed cells give (row - vs, or % of vs)
+    cells_range: Optional[list[float]]        # the Δ the printed precision allows
+    agreement: str                            # consistent | inconsistent | cannot check
+    text: str
+    note: str = ""
+
+
+#: the rule of the claim check, printed with it
+CLAIM_RULE = (
+    "A claim's stated figure (\"boosts by 0.8 AP\") is checked against the table's own cells: the cells' difference "
+    "(this row − the compared row; in % of the compared row when the text says %) may lie anywhere their printed "
+    "precision allows (34.9 − 34.1 with one decimal: [0.7, 0.9]); the stated figure stands for its own printed "
+    "interval (0.8: [0.75, 0.85]; a hedged 'about 0.8': ±50%). 'consistent': the two overlap; 'inconsistent': they do "
+    "not; 'cannot check': a cell is missing or unknown.")
+
+
+@dataclass
 class Audit:
     cells: list[AuditCell] = field(default_factory=list)
     consistency: list[Consistency] = field(default_factory=list)
+    claims: list[ClaimCheck] = field(default_factory=list)
     profiled: int = 0      # rows built this time (the rest came from the cache)
     cached: int = 0
 
@@ -284,6 +313,52 @@ def consistency(tables: list[Table]) -> list[Consistency]:
     return out
 
 
+def _cell_interval(t: Table, value: float, metric: str) -> tuple[float, float]:
+    return printed_interval(value, decimals(value, t.precision.get(metric)), metric in t.truncated)
+
+
+def claim_checks(tables: list[Table], catalogue: Optional[Catalogue] = None) -> list[ClaimCheck]:
+    """Every stated claim figure against its table's cells (``CLAIM_RULE``); nothing is built."""
+    from bench.recipes import RecipeError
+
+    out: list[ClaimCheck] = []
+    for t in tables:
+        for r in t.rows:
+            for c in r.stated_claims:
+                ref = c.vs or r.baseline or ""
+                check = ClaimCheck(t.name, r.id, ref, c.metric, c.delta, c.relative, c.approximate, None, None, None,
+                                   "cannot check", c.text)
+                out.append(check)
+                try:
+                    ot, other = catalogue.find_row(ref, t) if catalogue else (t, t.row(ref))
+                except (RecipeError, KeyError, ValueError) as e:
+                    check.note = f"compared row {ref!r} not found: {e}"
+                    continue
+                a, b = r.published.get(c.metric), other.published.get(c.metric)
+                check.cells = [a, b]
+                if a is None or b is None:
+                    check.note = "the table does not print both cells"
+                    continue
+                (alo, ahi), (blo, bhi) = _cell_interval(t, a, c.metric), _cell_interval(ot, b, c.metric)
+                if c.relative:
+                    if not b or blo <= 0 <= bhi:
+                        check.note = "the compared cell is 0: no percentage"
+                        continue
+                    corners = [100 * (x - y) / y for x in (alo, ahi) for y in (blo, bhi)]
+                    check.cells_delta = round(100 * (a - b) / b, 6)
+                else:
+                    corners = [alo - bhi, ahi - blo]
+                    check.cells_delta = round(a - b, 9)
+                lo, hi = min(corners), max(corners)
+                check.cells_range = [round(lo, 6), round(hi, 6)]
+                half = 0.5 * 10.0 ** -decimals(c.delta)
+                if c.approximate:
+                    half = max(half, 0.5 * abs(c.delta))
+                ok = c.delta - half <= hi + 1e-9 and lo - 1e-9 <= c.delta + half
+                check.agreement = "consistent" if ok else "inconsistent"
+    return out
+
+
 def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue] = None) -> Audit:
     result = Audit()
     for t in tables:
@@ -292,9 +367,18 @@ def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue
         result.profiled += a.profiled
         result.cached += a.cached
     result.consistency = consistency(tables)
+    result.claims = claim_checks(tables, catalogue)
+    for c in result.claims:
+        if c.agreement == "inconsistent":
+            unit = "%" if c.relative else ""
+            result.consistency.append(Consistency(
+                "claim disagrees with its table", [f"{c.table}/{c.row}", c.vs if "/" in c.vs else f"{c.table}/{c.vs}"],
+                f"the text states {c.stated:+g}{unit} {c.metric}; the cells {c.cells[0]:g} and {c.cells[1]:g} give "
+                f"{c.cells_delta:+.3g}{unit} (printed precision allows [{c.cells_range[0]:+.3g}, {c.cells_range[1]:+.3g}])"))
     return result
 
 
 def as_json(a: Audit) -> dict[str, Any]:
-    return {"rule": PRECISION_RULE, "cells": [asdict(c) for c in a.cells],
-            "consistency": [asdict(c) for c in a.consistency], "profiled": a.profiled, "cached": a.cached}
+    return {"rule": PRECISION_RULE, "claim_rule": CLAIM_RULE, "cells": [asdict(c) for c in a.cells],
+            "consistency": [asdict(c) for c in a.consistency], "claims": [asdict(c) for c in a.claims],
+            "profiled": a.profiled, "cached": a.cached}

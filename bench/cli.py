@@ -911,7 +911,7 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     against each other. Comparable at any scale; profiles are cached by model, so a second audit is instant."""
     from dataclasses import asdict
 
-    from bench.audit import PRECISION_RULE, as_json as audit_json, audit
+    from bench.audit import CLAIM_RULE, PRECISION_RULE, as_json as audit_json, audit
 
     cat, ts = _tables_arg(ctx, tables)
     result = audit(ts, flops=not no_flops, catalogue=cat)
@@ -933,6 +933,11 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     con.print(rt)
     for f in result.consistency:
         con.print(f"[yellow]{f.kind}:[/yellow] {', '.join(f.rows)}: {f.detail}")
+    if result.claims:
+        words = [c.agreement for c in result.claims]
+        con.print(f"claims stating a figure: {len(words)}: " + ", ".join(
+            f"{words.count(w)} {w}" for w in ("consistent", "inconsistent", "cannot check") if w in words))
+        con.print(f"[dim]{CLAIM_RULE}[/dim]")
     con.print(f"[dim]{PRECISION_RULE}[/dim]")
     con.print(f"{result.profiled} row(s) profiled, {result.cached} from the cache")
 

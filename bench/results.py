@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from bench.vocab import METRIC_KEYS
 
@@ -88,12 +88,12 @@ class Result(BaseModel):
     hostname: Optional[str] = None
     shared_with: list[str] = Field([], description="other table/rows served by the same run")
     executor: Optional[dict[str, Any]] = None
+    matches: Optional[dict[str, Any]] = Field(None, description="the per-image COCOeval matches file beside this "
+                                              "result (<row>.matches.npz): file, sha256, iou_types, images")
     source: Literal["trained", "checkpoint"] = Field("trained", description="trained: `bench run` trained the model; "
                                                      "checkpoint: `bench eval` evaluated a given checkpoint file")
     checkpoint: Optional[dict[str, Any]] = Field(None, description="source checkpoint: {path, sha256, size, ...} of "
                                                  "the file evaluated, and what a partial load skipped")
-    matches: Optional[dict[str, Any]] = Field(None, description="the per-image COCOeval matches file beside this "
-                                              "result (<row>.matches.npz): file, sha256, iou_types, images")
 
     @field_validator("measured", "published")
     @classmethod
@@ -102,6 +102,13 @@ class Result(BaseModel):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{key}: {value} is not a finite number")
         return v
+
+    #: the file this result was read from (not serialised): finds the matches file beside it
+    _path: Optional[Path] = PrivateAttr(None)
+
+    @property
+    def path(self) -> Optional[Path]:
+        return self._path
 
     def metric(self, key: str) -> Optional[float]:
         assert key in METRIC_KEYS, key
@@ -192,7 +199,9 @@ def read_result(path: Path) -> Result:
         data = load_json(Path(path))
         if not isinstance(data, dict):
             raise ValueError(f"a result file holds a JSON object, not {type(data).__name__}")
-        return Result.model_validate(data)
+        res = Result.model_validate(data)
+        res._path = Path(path)
+        return res
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:

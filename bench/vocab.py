@@ -92,9 +92,11 @@ class Agreement(str, Enum):
 class Verdict(str, Enum):
     """Whether an ablation row's published difference to its baseline holds in our measurements."""
 
-    HELD = "held"
-    REVERSED = "reversed"
-    INCONCLUSIVE = "inconclusive"
+    HELD = "held"                      # the interval excludes 0 and reaches the paper's delta
+    HELD_SMALLER = "held, smaller"     # same sign as the paper, but the interval lies wholly short of its delta
+    NOT_REPRODUCED = "not reproduced"  # the interval holds 0 and not the paper's delta
+    REVERSED = "reversed"              # the interval excludes 0 on the other side
+    INCONCLUSIVE = "inconclusive"      # the interval holds both 0 and the paper's delta (or nothing to test)
 
     def __str__(self) -> str:
         return self.value

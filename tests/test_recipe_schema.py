@@ -135,3 +135,35 @@ def test_invalid_yaml(recipe_dir):
 def test_literal_field(recipe_dir):
     msg = _err(recipe_dir, GOOD_ROW + "    train: {eval_split: val2018}\n")
     assert "train.eval_split" in msg and "val2018" in msg
+
+
+SECOND = """
+  - id: plus
+    label: Plus
+    position: 2
+    model: {config: bench::csr_d2s/kernel_fpn_r50_1x.py}
+    published: {mask_AP: 34.9}
+    baseline: base
+"""
+
+
+def test_structured_claims_load_and_a_string_reads_as_words(recipe_dir):
+    rows = GOOD_ROW + SECOND + '    claim: [{text: "boosts by 0.8 AP", metric: mask_AP, delta: 0.8}, "and is fast"]\n'
+    row = load_table(recipe_dir(HEAD + rows)).rows[1]
+    assert [c.delta for c in row.claim] == [0.8, None] and row.claim_text == "boosts by 0.8 AP and is fast"
+    assert [c.text for c in row.stated_claims] == ["boosts by 0.8 AP"]
+
+
+@pytest.mark.parametrize("claim, words", [
+    ('{text: t, metric: mask_AP5, delta: 1}', ["claim", "mask_AP5", "did you mean"]),
+    ('{text: t, delta: 1}', ["claim", "needs the metric"]),
+    ('{text: t, metric: mask_AP, relative: true}', ["claim", "give claim.delta"]),
+    ('{text: t, metric: box_AP, delta: 1}', ["(id 'plus'), field claim[0].metric", "not among the table's columns"]),
+    ('{text: t, metric: mask_AP, delta: 1, vs: bse}', ["(id 'plus'), field claim[0].vs", "no row 'bse'", "did you mean"]),
+    ('{text: t, metric: mask_AP, delta: 1, vs: plus}', ["(id 'plus'), field claim[0].vs", "compared with itself"]),
+    ('{txt: t}', ["claim", "txt"]),
+])
+def test_bad_claims_are_refused_naming_the_field(recipe_dir, claim, words):
+    msg = _err(recipe_dir, GOOD_ROW + SECOND + f"    claim: {claim}\n")
+    for w in words:
+        assert w in msg, (w, msg)

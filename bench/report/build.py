@@ -69,7 +69,8 @@ def write_exports(view: TableView, base: Path, formats: Sequence[str]) -> dict[s
         if fmt == "csv":
             out[fmt] = _write(path, export.to_csv(frame))
         elif fmt == "md":
-            out[fmt] = _write(path, export.to_markdown(frame, title))
+            out[fmt] = _write(path, f"# {export.markdown_cell(title)}\n\n" + export.table_markdown(view)
+                              + "\n## All fields\n\n" + export.to_markdown(frame))
         else:
             out[fmt] = _write(path, export.to_latex(view))
     return out

@@ -1,15 +1,20 @@
 """Exports of a report: one frame (a line per table row) as CSV and Markdown, and a booktabs LaTeX table.
 
 The frame holds exactly what the HTML page shows: published, measured (mean and spread over seeds),
-Δ and agreement per metric column, the row's status and the provenance of its numbers.
+Δ and agreement per metric column, each claim's paper Δ, measured Δ with its interval and verdict,
+the row's status and the provenance of its numbers. The Markdown and LaTeX tables are laid out as the
+paper's (paper / ours per metric), the best value of each column in bold as papers mark it (highest,
+or lowest for #params, GFLOPs, memory and times), and the claims with their intervals
+(``+0.8 [+0.3, +1.2]``).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
 from bench.report import text
-from bench.report.frame import RowView, TableView, factor_text
+from bench.report.frame import ClaimMetric, RowView, TableView, factor_text
 from bench.report.rules import SMOKE_BANNER
+from bench.vocab import METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +35,15 @@ def row_record(view: TableView, rv: RowView) -> dict[str, Any]:
         rec[f"{key}.agreement"] = str(cell.agreement)
         if rv.released is not None:   # `bench eval` of a given checkpoint: its own column
             rec[f"{key}.checkpoint"] = rv.released_value(key)
+    claim = next((c for c in view.claims if c.row.row.id == rv.row.id), None)
+    rec["claim.vs"] = claim.baseline_ref if claim else None
+    rec["claim.verdict"] = str(claim.verdict) if claim else None
+    for m in claim.metrics if claim else []:
+        rec[f"{m.metric}.claim_paper_delta"] = m.published_delta
+        rec[f"{m.metric}.claim_measured_delta"] = m.measured_delta
+        rec[f"{m.metric}.claim_lo"], rec[f"{m.metric}.claim_hi"] = m.lo, m.hi
+        rec[f"{m.metric}.claim_mde"] = m.mde
+        rec[f"{m.metric}.claim_verdict"] = str(m.verdict)
     prov = rv.provenance
     rec.update(seeds=len(rv.results), scale=view.scale,
                dataset=prov.dataset if prov else None, iterations=prov.iterations if prov else None,
@@ -101,11 +115,81 @@ def _factor_latex(value: object) -> str:
     return latex_escape(factor_text(value)) if value is not None else ""
 
 
-def _metric_cells(rv: RowView, key: str) -> list[str]:
+# ------------------------------------------------------------------------------------ best per column
+def best_rows(view: TableView, key: str, which: str) -> set[str]:
+    """Row ids holding the best value of a column (``which``: 'published' or 'measured'): the highest,
+    or the lowest for metrics where lower is better. Ties are all best; a column with one value has none."""
+    values = {}
+    for rv in view.rows:
+        cell = rv.cells[key]
+        v = cell.published if which == "published" else (cell.measured.mean if cell.measured else None)
+        if v is not None:
+            values[rv.row.id] = round(v, cell.decimals)
+    if len(values) < 2:
+        return set()
+    best = (max if METRICS[key].higher_is_better else min)(values.values())
+    return {rid for rid, v in values.items() if v == best}
+
+
+def _bests(view: TableView) -> dict[tuple[str, str], set[str]]:
+    return {(c.key, w): best_rows(view, c.key, w) for c in view.table.metric_columns for w in ("published", "measured")}
+
+
+def claim_text(m: ClaimMetric) -> str:
+    """'+0.8 [+0.3, +1.2]': the measured Δ and its interval (or '—')."""
+    if m.measured_delta is None:
+        return text.NOTHING
+    out = text.signed(m.measured_delta, m.decimals)
+    if m.lo is not None and m.hi is not None:
+        out += f" [{text.signed(m.lo, m.decimals)}, {text.signed(m.hi, m.decimals)}]"
+    return out
+
+
+def _metric_cells(rv: RowView, key: str, bests: dict | None = None) -> list[str]:
     cell = rv.cells[key]
     pub = latex_escape(text.published(cell)) if cell.in_paper else ""
     meas = latex_escape(text.measured(cell.measured, cell.decimals)) if cell.measured else "--"
+    if bests:
+        if rv.row.id in bests[(key, "published")]:
+            pub = rf"\textbf{{{pub}}}"
+        if rv.row.id in bests[(key, "measured")]:
+            meas = rf"\textbf{{{meas}}}"
     return [pub, meas]
+
+
+def table_markdown(view: TableView) -> str:
+    """The table as the paper lays it out (paper / ours per metric, best in bold), then its claims."""
+    t = view.table
+    bests = _bests(view)
+    head = ["Method"] + [c.label for c in t.factor_columns]
+    for c in t.metric_columns:
+        head += [f"{c.label} (paper)", f"{c.label} (ours)"]
+    lines = ["| " + " | ".join(markdown_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for rv in view.rows:
+        cells = [markdown_cell(rv.row.label)] + [markdown_cell(factor_text(rv.row.factors.get(c.key)))
+                                                  for c in t.factor_columns]
+        for c in t.metric_columns:
+            cell = rv.cells[c.key]
+            pub = markdown_cell(text.published(cell)) if cell.in_paper else ""
+            meas = markdown_cell(text.measured(cell.measured, cell.decimals)) if cell.measured else text.NOTHING
+            pub = f"**{pub}**" if rv.row.id in bests[(c.key, "published")] and pub else pub
+            meas = f"**{meas}**" if rv.row.id in bests[(c.key, "measured")] else meas
+            cells += [pub, meas]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = [f"Published (paper) and measured (ours) at {view.scale} scale; best per column in bold "
+           "(lowest for #params, GFLOPs, memory and times)."
+           + (f" **{SMOKE_BANNER}.**" if view.smoke else ""), "", *lines, ""]
+    if view.claims:
+        out += ["## Claims", "", "| Row | vs | Metric | Paper Δ | Measured Δ [95% interval] | MDE | Verdict |",
+                "|---|---|---|---|---|---|---|"]
+        for c in view.claims:
+            for m in c.metrics:
+                out.append("| " + " | ".join(markdown_cell(x) for x in (
+                    c.row.row.label, c.baseline_label, METRICS[m.metric].label, text.signed(m.published_delta, m.decimals),
+                    claim_text(m), text.number(m.mde, m.decimals) if m.mde is not None else text.NOTHING,
+                    str(m.verdict))) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def to_latex(view: TableView) -> str:
@@ -130,10 +214,23 @@ def to_latex(view: TableView) -> str:
         " & ".join([""] * n_lead + ["paper", "ours"] * len(metrics)) + r" \\",
         r"\midrule",
     ]
+    bests = _bests(view)
     for rv in view.rows:
         cells = [latex_escape(rv.row.label)] + [_factor_latex(rv.row.factors.get(c.key)) for c in factors]
         for c in metrics:
-            cells += _metric_cells(rv, c.key)
+            cells += _metric_cells(rv, c.key, bests)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    claims = [(c, m) for c in view.claims for m in c.metrics]
+    if claims:
+        lines += ["", r"\begin{table}[t]", r"\centering",
+                  rf"\caption{{{latex_escape(f'{t.paper.slug} Table {t.number}: the claims. Measured Δ with its 95% interval; verdict by bench’s rule.')}}}",
+                  rf"\label{{tab:{t.paper.slug}-{t.table}-claims}}",
+                  r"\begin{tabular}{lllrll}", r"\toprule",
+                  r"Row & vs & Metric & Paper $\Delta$ & Measured $\Delta$ [95\% interval] & Verdict \\", r"\midrule"]
+        for c, m in claims:
+            lines.append(" & ".join(latex_escape(x) for x in (
+                c.row.row.label, c.baseline_label, METRICS[m.metric].label, text.signed(m.published_delta, m.decimals),
+                claim_text(m), str(m.verdict))) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

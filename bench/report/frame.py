@@ -187,11 +187,15 @@ class ClaimMetric:
     metric: str
     published_delta: Optional[float]
     measured_delta: Optional[float]
-    noise: Optional[float]
-    noise_source: str
+    noise: Optional[float]              # half-width of the fallback interval (measured Δ ± noise)
+    noise_source: str                   # how the interval was obtained, in words
     verdict: Verdict
     reason: str
     decimals: int
+    lo: Optional[float] = None          # the measured Δ's interval
+    hi: Optional[float] = None
+    mde: Optional[float] = None         # minimum detectable effect (paired bootstrap only)
+    stated: Optional[float] = None      # the claim's stated figure for this metric, when it states one
 
 
 @dataclass
@@ -350,19 +354,92 @@ class BaselineRef:
     results: list[Result]
 
 
+def _bootstrap(row_results: Sequence[Result], base_results: Sequence[Result], metric: str):
+    """The paired bootstrap of the metric's Δ from the rows' per-image matches, or (None, why not)."""
+    from bench import matches as M
+
+    prefix, _, suffix = metric.partition("_")
+    iou_type = {v: k for k, v in M.IOU_TYPE_PREFIX.items()}.get(prefix)
+    if iou_type is None or suffix not in M.SUFFIX_IOU:
+        return None, "no per-image bootstrap for this metric"
+    groups = []
+    for results in (row_results, base_results):
+        got = []
+        for r in results:
+            if not r.matches or r.path is None or iou_type not in (r.matches.get("iou_types") or []):
+                return None, "no per-image matches kept for both rows"
+            got.append((M.matches_path(r.path), str(r.matches.get("sha256"))))
+        groups.append(got)
+    try:
+        return cached_bootstrap(groups[0], groups[1], iou_type, suffix), ""
+    except (M.MatchesError, M.NotPaired) as e:
+        return None, str(e)
+
+
+def cached_bootstrap(row: list[tuple[Path, str]], base: list[tuple[Path, str]], iou_type: str, suffix: str):
+    """``matches.paired_bootstrap`` of the files, cached by their hashes in ``$BENCH_CACHE/bootstrap``."""
+    import hashlib
+    import json
+    import os
+
+    from bench import matches as M
+    from bench.results import atomic_write_json, read_json_dict
+
+    for path, recorded in (*row, *base):  # the files must still be the ones their results record
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.stat().st_size <= M.MAX_FILE_BYTES else ""
+        except OSError as e:
+            raise M.MatchesError(f"{path}: {e.strerror or e}") from None
+        if actual != recorded:
+            raise M.MatchesError(f"{path}: its SHA-256 is not the one its result file records")
+    key = hashlib.sha256(json.dumps([[h for _, h in row], [h for _, h in base], iou_type, suffix, M.RESAMPLES,
+                                     M.SEED, 1]).encode()).hexdigest()[:32]
+    cache = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench")) / "bootstrap" / f"{key}.json"
+    hit = read_json_dict(cache)
+    if hit:
+        try:
+            return M.PairedBootstrap(**hit)
+        except TypeError:
+            pass
+    load = lambda files: [M.load(p, h)[iou_type] for p, h in files]  # noqa: E731
+    pb = M.paired_bootstrap(load(row), load(base), suffix)
+    try:
+        atomic_write_json(cache, pb.__dict__, durable=False)
+    except OSError:
+        pass
+    return pb
+
+
 def _claim_metric(table: Table, row: RowView, base: BaselineRef, metric: str, smoke: bool) -> ClaimMetric:
     pub_row, pub_base = row.row.published.get(metric), base.row.published.get(metric)
     published_delta = round(pub_row - pub_base, 9) if pub_row is not None and pub_base is not None else None
+    stated = next((c.delta for c in row.row.stated_claims if c.metric == metric and not c.relative
+                   and c.vs in (None, row.row.baseline)), None)
+    if published_delta is None and stated is not None:
+        published_delta = stated
     meas_row, meas_base = _sample(row.results, metric), _sample(base.results, metric)
     decimals = column_decimals(table, metric)
-    measured_delta, noise, noise_source = None, None, ""
+    measured_delta, noise, noise_source, lo, hi, mde = None, None, "", None, None, None
     if meas_row is not None and meas_base is not None:
         measured_delta = meas_row.mean - meas_base.mean
-        reference = pub_row if pub_row is not None else meas_row.mean
-        noise, noise_source = rules.noise_band(meas_row, meas_base, rules.tolerance_for(metric, row.row, table),
-                                               reference, decimals)
-    verdict, reason = rules.claim_verdict(published_delta, measured_delta, noise, smoke)
-    return ClaimMetric(metric, published_delta, measured_delta, noise, noise_source, verdict, reason, decimals)
+        pb, why_not = (None, "") if smoke else _bootstrap(row.results, base.results, metric)
+        if pb is not None:
+            pb = pb.widened(rules.seed_se(meas_row, meas_base))
+            measured_delta, lo, hi, mde = pb.delta, pb.lo, pb.hi, pb.mde
+            noise_source = (f"paired bootstrap over {pb.images} images ({pb.resamples} resamples)"
+                            + (f" + seed spread ({meas_row.n}+{meas_base.n} seeds)"
+                               if rules.seed_se(meas_row, meas_base) else ""))
+        else:
+            reference = pub_row if pub_row is not None else meas_row.mean
+            noise, noise_source = rules.noise_band(meas_row, meas_base, rules.tolerance_for(metric, row.row, table),
+                                                   reference, decimals)
+            lo, hi = measured_delta - noise, measured_delta + noise
+            if why_not and not smoke:
+                noise_source += f" ({why_not})"
+    interval = (lo, hi) if lo is not None else None
+    verdict, reason = rules.claim_verdict(published_delta, measured_delta, interval, smoke, mde)
+    return ClaimMetric(metric, published_delta, measured_delta, noise, noise_source, verdict, reason, decimals,
+                       lo, hi, mde, stated)
 
 
 def claim_metrics_of(row: Row, base: Row, table: Table) -> list[str]:

@@ -33,7 +33,7 @@ def environment() -> "jinja2.Environment":
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              finalize=_finalize)
     env.filters.update(published=text.published, measured=text.measured, delta=text.delta, number=text.number,
-                       signed=text.signed, noise=text.noise, claim_delta=text.claim_delta,
+                       signed=text.signed, interval=text.interval, slug=text.slug, claim_delta=text.claim_delta,
                        when=text.when, hardware=text.hardware)
     env.globals.update(rules=rules, version=__version__)
     return env

@@ -3,7 +3,7 @@
 * published vs measured, one panel per metric column, with the y = x line and the tolerance band;
 * speed vs accuracy (FPS or latency against mask AP, like AMF-SparseInst's Figure 8) when the table
   has a speed column: each row's published point joined to its measured one;
-* ablation deltas: per claim row, the paper's Δ against its baseline next to the measured Δ (± noise).
+* ablation deltas: per claim row, the paper's Δ against its baseline next to the measured Δ (its interval).
 
 A smoke-scale figure carries ``SMOKE_BANNER`` in its title.
 """
@@ -198,16 +198,19 @@ def speed_accuracy(view: TableView) -> Optional["Figure"]:
 
 
 def _claim_panel(ax: "Axes", claims: list[ClaimView], key: str) -> None:
-    labels, pub, meas, noise, missing = [], [], [], [], []
+    labels, pub, meas, below, above, missing = [], [], [], [], [], []
     for i, c in enumerate(claims):
         m = next((m for m in c.metrics if m.metric == key), None)
         labels.append(str(c.row.row.position))
         pub.append(m.published_delta if m and m.published_delta is not None else 0.0)
         measured = m is not None and m.measured_delta is not None
         meas.append(m.measured_delta if measured else 0.0)
-        noise.append(m.noise if measured and m.noise is not None else 0.0)
+        has_interval = measured and m.lo is not None and m.hi is not None
+        below.append(max(0.0, m.measured_delta - m.lo) if has_interval else 0.0)
+        above.append(max(0.0, m.hi - m.measured_delta) if has_interval else 0.0)
         if not measured:
             missing.append(i)
+    noise = [below, above]
     xs = list(range(len(claims)))
     width = 0.38
     ax.bar([x - width / 2 for x in xs], pub, width, color=PUBLISHED_COLOUR, label="paper Δ")
@@ -237,7 +240,7 @@ def ablation_deltas(view: TableView) -> Optional["Figure"]:
     for ax, key in zip(axes, keys, strict=True):
         _claim_panel(ax, claims, key)
     axes[0].legend(loc="best", fontsize=7, frameon=False)
-    _title(fig, view, "ablation Δ against the baseline (error bar: noise)")
+    _title(fig, view, "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     return fig
 
 
@@ -252,7 +255,7 @@ FIGURES: dict[str, tuple[str, str, Callable[[TableView], Optional["Figure"]]]] =
                        speed_accuracy),
     "ablation-deltas": ("Ablation deltas",
                         "Per claim row, the paper's difference to its baseline and the measured one, for the "
-                        "primary AP and each cost column; error bars show the noise band of the verdict rule.",
+                        "primary AP and each cost column; error bars show the interval of the verdict rule.",
                         ablation_deltas),
 }
 

@@ -123,17 +123,25 @@ def agreement(published: Optional[float], measured: Optional[Sample], tol: Toler
 # ------------------------------------------------------------------------------------ claims
 #: standard errors of the difference of means that count as noise when seeds give a spread
 NOISE_SIGMAS = 2.0
+#: the paired bootstrap (bench/matches.py): resamples, seed, interval
+BOOTSTRAP = "paired bootstrap over the evaluation images (1,000 resamples, seed 0, both rows resampled together)"
 
 VERDICT_RULE: tuple[str, ...] = (
-    "Paper Δ = published row − published baseline; measured Δ = measured row − measured baseline "
-    "(means over seeds), per metric both rows have.",
-    f"Noise: with at least two seeds on both rows, {NOISE_SIGMAS:g} × the standard error of the difference "
-    "of means (never below half a unit of the paper's last printed digit); otherwise the metric's tolerance "
-    "(as for cells).",
-    "held: the measured Δ has the paper's sign and |measured Δ| > noise.",
-    "reversed: the measured Δ has the opposite sign and |measured Δ| > noise.",
-    "inconclusive: |measured Δ| ≤ noise, the paper shows no difference, a cell is unknown or not measured, "
-    "or the run is at smoke scale (smoke numbers never confirm or refute a paper claim).",
+    "Paper Δ = published row − published baseline (the claim's stated figure where the table lacks a cell); "
+    "measured Δ = measured row − measured baseline (means over seeds), per metric both rows have.",
+    f"Interval of the measured Δ: for AP, AP50 and AP75 of two rows evaluated on the same images, the 95% "
+    f"percentile interval of a {BOOTSTRAP}, with the seed spread's standard error added in quadrature when both "
+    "rows have at least two seeds; MDE (minimum detectable effect) = 2.80 × the bootstrap's standard error. "
+    f"Otherwise measured Δ ± noise: {NOISE_SIGMAS:g} × the standard error of the difference of seed means with at "
+    "least two seeds on both rows (never below half a unit of the paper's last printed digit), else the metric's "
+    "tolerance (as for cells).",
+    "held: the interval excludes 0 on the paper's side and does not lie wholly short of the paper's Δ.",
+    "held, smaller: the interval excludes 0 on the paper's side but lies wholly short of the paper's Δ.",
+    "not reproduced: the interval holds 0 and not the paper's Δ.",
+    "reversed: the interval excludes 0 on the opposite side.",
+    "inconclusive: the interval holds both 0 and the paper's Δ (too little data: see the MDE), the paper shows no "
+    "difference, a cell is unknown or not measured, or the run is at smoke scale (smoke numbers never confirm or "
+    "refute a paper claim).",
     "A row's verdict is that of its primary metric (mask AP, else box AP, else its first metric).",
 )
 
@@ -149,22 +157,41 @@ def noise_band(row: Sample, base: Sample, tol: Tolerance, reference: Optional[fl
     return tol.band(reference), f"tolerance {tol.describe()}"
 
 
-def claim_verdict(published_delta: Optional[float], measured_delta: Optional[float], noise: Optional[float],
-                  smoke: bool) -> tuple[Verdict, str]:
-    """The verdict on one metric of one claim, with the reason in words (``VERDICT_RULE``)."""
+def seed_se(row: Sample, base: Sample) -> float:
+    """Standard error of the difference of seed means (0 unless both rows have two seeds or more)."""
+    if row.n >= 2 and base.n >= 2:
+        return math.sqrt((row.sd or 0.0) ** 2 / row.n + (base.sd or 0.0) ** 2 / base.n)
+    return 0.0
+
+
+def claim_verdict(published_delta: Optional[float], measured_delta: Optional[float],
+                  interval: Optional[tuple[float, float]], smoke: bool,
+                  mde: Optional[float] = None) -> tuple[Verdict, str]:
+    """The verdict on one metric of one claim, with the reason in words (``VERDICT_RULE``).
+
+    ``interval``: (low, high) of the measured Δ."""
     if smoke:
         return Verdict.INCONCLUSIVE, "smoke scale: smoke numbers never confirm or refute a paper claim"
     if published_delta is None:
         return Verdict.INCONCLUSIVE, "the paper does not show this cell for both rows"
-    if measured_delta is None or noise is None:
+    if measured_delta is None or interval is None:
         return Verdict.INCONCLUSIVE, "not measured for both rows"
     if published_delta == 0:
         return Verdict.INCONCLUSIVE, "the paper shows no difference: no direction to test"
-    if abs(measured_delta) <= noise:
-        return Verdict.INCONCLUSIVE, "measured difference within noise"
-    if (measured_delta > 0) == (published_delta > 0):
-        return Verdict.HELD, "same direction as the paper, beyond noise"
-    return Verdict.REVERSED, "opposite direction to the paper, beyond noise"
+    lo, hi = interval
+    if published_delta < 0:  # judge in the paper's direction
+        lo, hi = -hi, -lo
+    paper = abs(published_delta)
+    if lo > 0:
+        if hi < paper:
+            return Verdict.HELD_SMALLER, "the paper's direction, but the interval lies wholly short of its Δ"
+        return Verdict.HELD, "the paper's direction; the interval excludes 0 and reaches the paper's Δ"
+    if hi < 0:
+        return Verdict.REVERSED, "the interval excludes 0 on the opposite side"
+    if lo <= paper <= hi:
+        why = "the interval holds both 0 and the paper's Δ: too little data"
+        return Verdict.INCONCLUSIVE, why + (f" (MDE {mde:.2g})" if mde is not None else "")
+    return Verdict.NOT_REPRODUCED, "the interval holds 0 and not the paper's Δ"
 
 
 def primary_metric(metrics: Sequence[str]) -> Optional[str]:

@@ -74,8 +74,19 @@ def claim_delta(value: Optional[float], metric: ClaimMetric) -> str:
     return signed(value, metric.decimals)
 
 
-def noise(metric: ClaimMetric) -> str:
-    return NOTHING if metric.noise is None else "±" + number(metric.noise, metric.decimals)
+def interval(metric: ClaimMetric) -> str:
+    """'[+0.3, +1.2]': the measured Δ's interval; ' MDE 0.4' when a paired bootstrap gave it."""
+    if metric.lo is None or metric.hi is None:
+        return NOTHING
+    text = f"[{signed(metric.lo, metric.decimals)}, {signed(metric.hi, metric.decimals)}]"
+    if metric.mde is not None:
+        text += f" MDE {number(metric.mde, metric.decimals)}"
+    return text
+
+
+def slug(word: object) -> str:
+    """A verdict or status as a CSS class: 'held, smaller' -> 'held-smaller'."""
+    return "-".join(str(word).replace(",", " ").split())
 
 
 def when(iso: Optional[str]) -> str:

@@ -46,3 +46,45 @@ def test_consistency_finds_a_model_printed_twice_with_other_numbers(cli, monkeyp
     found = [f for f in out["consistency"] if f["kind"] == "repeated model, other numbers"]
     assert any(set(f["rows"]) == {"pipeline-test/table-1/tiny", "pipeline-test/table-2/same-as-tiny"}
                and "mask_AP: 30 vs 30.5" in f["detail"] for f in found), out["consistency"]
+
+
+def test_stated_claims_are_checked_against_the_table_cells(cli, monkeypatch, tmp_path):
+    import shutil
+
+    root = tmp_path / "recipes" / "pipeline-test"
+    root.mkdir(parents=True)
+    shutil.copy(TEST_RECIPES / "pipeline-test" / "_paper.yaml", root / "_paper.yaml")
+    (root / "table-9.yaml").write_text("""\
+include: _paper.yaml
+table: table-9
+number: "9"
+title: Claims
+columns: [{key: mask_AP, label: AP}, {key: params_M, label: "#params"}]
+rows:
+  - {id: base, label: base, position: 1, published: {mask_AP: 34.1, params_M: 40.0}}
+  - id: plus
+    label: plus
+    position: 2
+    baseline: base
+    published: {mask_AP: 34.9, params_M: 41.0}
+    claim:
+      - {text: "boosts by 0.8 AP", metric: mask_AP, delta: 0.8}
+      - {text: "boosts by 1.2 AP (the prose disagrees with the table)", metric: mask_AP, delta: 1.2}
+      - {text: "about 1 AP better", metric: mask_AP, delta: 1, approximate: true}
+      - {text: "+2.5% parameters", metric: params_M, delta: 2.5, relative: true}
+      - {text: "needs no more parameters", metric: params_M, delta: 0, vs: other}
+      - "and is simpler (words only)"
+  - {id: other, label: other, position: 3, reference_only: "a system outside mmdet", published: {mask_AP: 30.0}}
+""")
+    monkeypatch.setenv("BENCH_RECIPES", str(tmp_path / "recipes"))
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    out = json.loads(cli("audit", "pipeline-test/table-9", "--json", "--no-flops").stdout)
+    words = [(c["stated"], c["agreement"]) for c in out["claims"]]
+    assert words == [(0.8, "consistent"), (1.2, "inconsistent"), (1, "consistent"), (2.5, "consistent"),
+                     (0, "cannot check")]
+    assert out["claims"][1]["cells_range"] == [pytest.approx(0.7), pytest.approx(0.9)]
+    found = [f for f in out["consistency"] if f["kind"] == "claim disagrees with its table"]
+    assert len(found) == 1 and "states +1.2 mask_AP" in found[0]["detail"]
+    assert found[0]["rows"] == ["pipeline-test/table-9/plus", "pipeline-test/table-9/base"]
+    text = cli("audit", "pipeline-test/table-9", "--no-flops").stdout
+    assert "claims stating a figure: 5: 3 consistent, 1 inconsistent, 1 cannot check" in text

@@ -148,10 +148,14 @@ def test_exports(mixed):
     assert df.loc[0, "mask_AP.published"] == 34.1 and df.loc[0, "mask_AP.measured"] == 1.2
     assert df.loc[0, "mask_AP.agreement"] == "not comparable" and df.loc[3, "run_status"] == "not run"
     md = base.with_suffix(".md").read_text()
-    assert md.count("| baseline-fpn") == 1 and "mask_AP.published" in md
+    assert len(re.findall(r"\|\s+1\s+\|\s+baseline-fpn\s+\|", md)) == 1 and "mask_AP.published" in md
+    # laid out as the paper's table, the best published AP in bold; the claims with their verdicts
+    assert "| Baseline (FPN) | ✓ |" in md and "| **35.4** |" in md and "## Claims" in md
+    assert "| inconclusive |" in md
     tex = base.with_suffix(".tex").read_text()
     for piece in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{2}{c}{AP}", "paper & ours",
-                  r"Baseline (FPN) & $\checkmark$", "34.1 & 1.2", "SMOKE SCALE --- not comparable"):
+                  r"Baseline (FPN) & $\checkmark$", "34.1 & 1.2", "SMOKE SCALE --- not comparable",
+                  r"\textbf{35.4}", r"Measured $\Delta$ [95\% interval]"):
         assert piece in tex, piece
     assert not (out / "smoke" / "index.html").exists()                     # exports alone write no page
     assert (out / "smoke" / "report.csv").exists()
@@ -203,16 +207,22 @@ def test_unknown_published_cell_is_a_question_mark_with_its_note(tmp_path, hosti
 
 # ------------------------------------------------------------------------------------ rules
 def test_claim_verdict_rule():
+    """Each verdict word from an interval of the measured Δ against the paper's Δ (here +0.8)."""
     v = rules.claim_verdict
-    assert v(0.8, 1.0, 0.5, smoke=False)[0] is Verdict.HELD
-    assert v(0.8, -1.0, 0.5, smoke=False)[0] is Verdict.REVERSED
-    assert v(0.8, 0.3, 0.5, smoke=False)[0] is Verdict.INCONCLUSIVE            # within noise
-    assert v(0.8, 1.0, 0.5, smoke=True) == (Verdict.INCONCLUSIVE, rules.claim_verdict(1, 1, 0, True)[1])
-    assert "never confirm or refute" in v(0.8, 1.0, 0.5, smoke=True)[1]
-    assert v(None, 1.0, 0.5, smoke=False)[0] is Verdict.INCONCLUSIVE
+    assert v(0.8, 1.0, (0.5, 1.5), smoke=False)[0] is Verdict.HELD              # excludes 0, reaches +0.8
+    assert v(0.8, 1.4, (1.0, 1.8), smoke=False)[0] is Verdict.HELD              # larger than the paper's: held
+    assert v(0.8, 0.3, (0.1, 0.5), smoke=False)[0] is Verdict.HELD_SMALLER      # +1.3 claimed, +0.3 found, say
+    assert v(0.8, 0.1, (-0.2, 0.4), smoke=False)[0] is Verdict.NOT_REPRODUCED   # holds 0, not +0.8
+    assert v(0.8, -1.0, (-1.5, -0.5), smoke=False)[0] is Verdict.REVERSED
+    verdict, why = v(0.8, 0.3, (-0.2, 0.9), smoke=False, mde=1.1)              # holds 0 and +0.8
+    assert verdict is Verdict.INCONCLUSIVE and "MDE 1.1" in why
+    assert v(0.8, 1.0, (0.5, 1.5), smoke=True) == (Verdict.INCONCLUSIVE, rules.claim_verdict(1, 1, (0, 2), True)[1])
+    assert "never confirm or refute" in v(0.8, 1.0, (0.5, 1.5), smoke=True)[1]
+    assert v(None, 1.0, (0.5, 1.5), smoke=False)[0] is Verdict.INCONCLUSIVE
     assert v(0.8, None, None, smoke=False)[0] is Verdict.INCONCLUSIVE
-    assert v(0.0, 2.0, 0.5, smoke=False)[0] is Verdict.INCONCLUSIVE            # no direction to test
-    assert v(-1.2, -2.0, 0.4, smoke=False)[0] is Verdict.HELD                  # lower FPS, as published
+    assert v(0.0, 2.0, (1.5, 2.5), smoke=False)[0] is Verdict.INCONCLUSIVE      # no direction to test
+    assert v(-1.2, -2.0, (-2.4, -1.6), smoke=False)[0] is Verdict.HELD          # lower FPS, as published
+    assert v(-1.2, -0.5, (-0.9, -0.1), smoke=False)[0] is Verdict.HELD_SMALLER
 
 
 def test_noise_band_uses_seeds_when_both_rows_have_them():
@@ -263,10 +273,12 @@ def test_paper_scale_cells_and_verdicts(tmp_path):
     assert cells["baseline-fpn"]["fps"].agreement is Agreement.OUTSIDE         # 19.0 vs 18.3 (> 2%)
     assert cells["csr"]["mask_AP50"].agreement is Agreement.NOT_MEASURED
     verdicts = {c.row.row.id: c.verdict for c in view.claims}
-    assert verdicts == {"csr": Verdict.HELD, "d2s": Verdict.REVERSED, "csr-d2s": Verdict.INCONCLUSIVE}
+    # + CSR +1.0 vs +0.8 held; + D2S −0.8 vs +0.7 reversed; + CSR + D2S +0.2 ± 0.5 holds 0 but not +1.3
+    assert verdicts == {"csr": Verdict.HELD, "d2s": Verdict.REVERSED, "csr-d2s": Verdict.NOT_REPRODUCED}
     claim = next(c for c in view.claims if c.row.row.id == "csr")
     ap = next(m for m in claim.metrics if m.metric == "mask_AP")
     assert ap.published_delta == pytest.approx(0.8) and ap.measured_delta == pytest.approx(1.0)
+    assert (ap.lo, ap.hi) == (pytest.approx(0.5), pytest.approx(1.5)) and "no per-image matches" in ap.noise_source
     assert claim.claim.startswith("Adding CSR") and claim.primary == "mask_AP"
 
 
