@@ -65,6 +65,9 @@ def main() -> None:
                     / "preflight-all")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "preflight_all.txt")
     ap.add_argument("--note", default="", help="a line recorded with the output (e.g. what else ran on the machine)")
+    ap.add_argument("--breadth", action="store_true",
+                    help="first preflight one runnable row of every table, then the rest (a partial sweep then "
+                         "covers every table)")
     args = ap.parse_args()
     from bench.recipes import Catalogue
 
@@ -74,11 +77,22 @@ def main() -> None:
     t0 = time.time()
     made = fabricate_all(tables, roots, weights)
     print(f"fixtures in {args.work}; fabricated {len(made)} checkpoint(s): {', '.join(made) or 'none new'}", flush=True)
-    records: list[dict] = []
     env = dict(os.environ, BENCH_RESULTS=str(args.work / "results"))
-    for name in tables:
+    passes: list[tuple[str, list[str]]] = []
+    if args.breadth:
+        from bench.rowstatus import safe_row_status
+        from bench.vocab import RowStatus
+
+        cat = Catalogue()
+        for name in tables:
+            first = next((r.id for r in cat.load(name).rows if safe_row_status(r)[0] is RowStatus.RUNNABLE), None)
+            if first:
+                passes.append((name, ["--row", first]))
+    passes += [(name, []) for name in tables]
+    by_table: dict[str, list[dict]] = {}
+    for name, extra in passes:
         t = time.time()
-        cmd = [str(REPO / ".venv" / "bin" / "bench"), "preflight", name, "--data-root", f"coco={roots['coco']}",
+        cmd = [str(REPO / ".venv" / "bin" / "bench"), "preflight", name, *extra, "--data-root", f"coco={roots['coco']}",
                "--data-root", f"cityscapes={roots['cityscapes']}", "--weights-dir", str(weights),
                "--iters", str(args.iters), "--json", "--cached"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -87,16 +101,17 @@ def main() -> None:
         except ValueError:
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
             recs = [{"table": name, "row": "*", "status": "crashed", "reason": f"exit {proc.returncode}: {tail}"}]
-        records += recs
+        by_table[name] = recs  # the full pass of a table replaces its first-row pass
         ok = sum(r["status"] == "ok" for r in recs)
-        print(f"{name}: {ok}/{len(recs)} ok in {time.time() - t:.0f} s", flush=True)
-    write_summary(args, tables, records, time.time() - t0)
+        print(f"{name}{' ' + extra[1] if extra else ''}: {ok}/{len(recs)} ok in {time.time() - t:.0f} s", flush=True)
+        records = [r for recs_ in by_table.values() for r in recs_]
+        write_summary(args, tables, records, time.time() - t0)  # after each table: an interrupted sweep keeps its summary
 
 
 def write_summary(args, tables, records, wall) -> None:
     from bench.job import cpu_model
 
-    lines = [f"# {' '.join(['.venv/bin/python', 'benchmarks/preflight_all.py', *args.tables, '--iters', str(args.iters)])}",
+    lines = [f"# {' '.join(['.venv/bin/python', 'benchmarks/preflight_all.py', *args.tables, '--iters', str(args.iters)] + (['--breadth'] if args.breadth else []))}",
              f"# machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall {wall / 60:.1f} min "
              "(cached records are not re-run: their times are from when they ran)",
