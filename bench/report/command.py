@@ -31,8 +31,11 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
 @click.argument("tables", nargs=-1)
 @click.option("--all", "all_tables", is_flag=True, help="Every table of the catalogue (the default without TABLE).")
 @click.option("--html", "html", is_flag=True, help="Write the HTML pages, figures and index.")
-@click.option("--format", "formats", type=click.Choice(FORMATS), multiple=True,
-              help="Write this export (repeatable): md, csv, latex (booktabs).")
+@click.option("--format", "formats", type=click.Choice(FORMATS + ("model-index",)), multiple=True,
+              help="Write this export (repeatable): md, csv, latex (booktabs); model-index: OpenMMLab's model-index.yml "
+                   "and one metafile per paper (measured values with their provenance; --smoke for a smoke scale).")
+@click.option("--smoke", "smoke_index", is_flag=True,
+              help="With --format model-index at smoke scale: write it anyway (every model says it is not comparable).")
 @click.option("--scale", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True,
               help="Which results to report: results/<scale>/.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -46,7 +49,7 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
 @click.pass_context
 def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, html: bool,
                formats: tuple[str, ...], scale: str, out: Path | None, extra_results: tuple[Path, ...],
-               jobs: int | None) -> None:
+               jobs: int | None, smoke_index: bool = False) -> None:
     """Put published and measured numbers side by side, per paper table.
 
     One HTML page per table (the paper's layout; each cell published / measured / Δ coloured by its
@@ -59,9 +62,20 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
 
     obj = ctx.find_root().obj or {}
     cat, selected = _tables(ctx, tables, all_tables)
+    results_root = obj.get("results") or default_results_dir()
+    if "model-index" in formats:
+        from bench.report.modelindex import ModelIndexError, write_model_index
+
+        try:
+            files = write_model_index(selected, scale, results_root, out or default_reports_dir(), smoke=smoke_index)
+        except ModelIndexError as e:
+            raise ReportError(str(e)) from None
+        click.echo(f"model index: {files[0]} ({sum(p.name == 'metafile.yml' for p in files)} metafile(s))")
+        formats = tuple(f for f in formats if f != "model-index")
+        if not html and not formats:
+            return
     if not html and not formats:
         html, formats = True, FORMATS
-    results_root = obj.get("results") or default_results_dir()
     # the extra seeds of `bench run --seeds N` live in results/seeds/<k>/: always pooled with seed 0
     seed_roots = tuple(sorted(p for p in (Path(results_root) / "seeds").glob("*") if p.is_dir()))
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,

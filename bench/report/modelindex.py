@@ -37,7 +37,7 @@ class ModelIndexError(ValueError):
 
 
 def _dataset_name(ds: str) -> str:
-    return DATASET_NAMES.get(ds, ds if not ds.startswith("synth") else f"bench synthetic shapes ({ds})")
+    return DATASET_NAMES.get(ds, ds if not ds.startswith("synth") else "bench synthetic shapes " + ds[len("synth"):].strip())
 
 
 def _last_checkpoint(work_dir: Optional[str]) -> Optional[str]:
