@@ -400,11 +400,15 @@ def _print_plan(plan) -> None:
               help="Train each row with N seeds (the scale's seed, +1, ...); seeds after the first write to "
                    "results/seeds/<k>/, and reports show mean and spread and use it as noise for claims.")
 @click.option("--force", is_flag=True, help="Rerun rows whose results already exist.")
+@click.option("--log", "log", type=click.Choice(["tensorboard", "wandb", "mlflow"]), default=None,
+              help="Also log the training to this mmengine visualizer backend, offline, under each run's "
+                   "train/<time>/vis_data/ (refused with the reason if its package is not installed). Not part of the "
+                   "run key: a row already done is not retrained for it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, the estimated cost of "
               "each run and where the estimate comes from) and stop.")
 @click.pass_context
 def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, cluster, profile, max_parallel, gpus, seeds,
-            force, dry_run) -> None:
+            force, log, dry_run) -> None:
     """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.
 
     Each run writes results/<scale>/<paper>/<table>/<row>.json. A model shared by several rows
@@ -421,7 +425,7 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
                          "see `bench data check`)")
     try:
         plans = [make_plan([(t, selected)], scale, root, data_root=roots, force=force, gpus=gpus, seed_index=k,
-                           weights_dirs=list(weights_dirs))
+                           weights_dirs=list(weights_dirs), log=log)
                  for k in range(seeds)]
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
@@ -492,6 +496,9 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
         click.echo(f"  skipped: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
     for o in failed:
         click.echo(f"  failed: {', '.join(tg['table'] + '/' + tg['row'] for tg in o.spec.targets)}: {o.detail}")
+    if log:
+        click.echo(f"{log} logs: under each run's train/<time>/vis_data/ in " + ", ".join(s.work_dir for s in runs)
+                   + (f"  (view: tensorboard --logdir {Path(runs[0].work_dir).parent})" if log == "tensorboard" else ""))
     _next_steps(t, plan.scale.name, failed)
     if failed:
         sys.exit(1)

@@ -512,12 +512,43 @@ def seed_results_root(results_root: Path, seed_index: int) -> Path:
     return Path(results_root) if seed_index == 0 else Path(results_root) / "seeds" / str(seed_index)
 
 
+#: `bench run --log NAME`: mmengine's visualizer backend, the Python package it needs, and its offline settings
+LOG_BACKENDS = {
+    "tensorboard": ("TensorboardVisBackend", "tensorboard", {}),
+    "wandb": ("WandbVisBackend", "wandb", {"init_kwargs": {"mode": "offline"}}),   # WandbVisBackend adds dir=save_dir
+    "mlflow": ("MLflowVisBackend", "mlflow", {}),   # no tracking_uri: a file store under the run's vis_data folder
+}
+
+
+def log_backend(name: str) -> dict:
+    """The visualizer backend of ``bench run --log NAME`` (offline: it writes files under the run's work dir), or
+    PlanError saying why it cannot be used here."""
+    import importlib.util
+
+    if name not in LOG_BACKENDS:
+        raise PlanError(f"--log {name!r}: unknown (known: {', '.join(LOG_BACKENDS)})")
+    vis_type, package, extra = LOG_BACKENDS[name]
+    if importlib.util.find_spec(package) is None:
+        raise PlanError(f"--log {name}: refused: the {package!r} package is not installed in this environment "
+                        f"(mmengine's {vis_type} needs it; `pip install {package}` into the venv, then it logs offline)")
+    return {"type": vis_type, **copy.deepcopy(extra)}
+
+
+def add_log_backend(cfg: dict, backend: dict) -> None:
+    """Add a visualizer backend to a run's config, beside mmdet's LocalVisBackend (scalars.json)."""
+    vis = cfg.setdefault("visualizer", {"type": "DetLocalVisualizer", "name": "visualizer"})
+    backends = vis.setdefault("vis_backends", [{"type": "LocalVisBackend"}])
+    if not any(b.get("type") == backend["type"] for b in backends if isinstance(b, dict)):
+        backends.append(backend)
+
+
 def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
               data_root=None, force: bool = False, gpus: int | None = None,
-              seed_index: int = 0, weights_dirs: Optional[list[Path]] = None) -> Plan:
+              seed_index: int = 0, weights_dirs: Optional[list[Path]] = None, log: Optional[str] = None) -> Plan:
     import dataclasses
 
     scale = Scale.load(scale_name)
+    backend = log_backend(log) if log else None
     if seed_index:
         scale = dataclasses.replace(scale, seed=scale.seed + seed_index)
         results_root = seed_results_root(results_root, seed_index)
@@ -584,6 +615,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 reuse.append((target, done_run))
                 continue
             pr.action = "run"
+            if backend is not None:  # after the run key: where a run logs does not change what it trains
+                add_log_backend(cfg, backend)
             runs[key] = RunSpec(
                 run_key=key, config=cfg, scale=scale.name, scale_cfg=scale.as_dict(), dataset=facts["dataset"],
                 dataset_root=facts["root"], eval_split=facts["eval_split"], targets=[target],
