@@ -178,6 +178,14 @@ def test_smoke_page_shows_the_architecture_audit_coloured(report, tmp_path, monk
     assert re.search(r'class="metric num within"', row) and re.search(r'class="agreement within">(exact|within)<', row)
     assert "SMOKE SCALE — not comparable to the paper" in dom
     assert 'class="metric within' not in dom.split('id="audit"')[0]   # the AP cells above are not coloured
+    # the text's stated figures (Sec. IV-B2: +0.8, about +0.7, +1.3 AP) against the table's own cells
+    checks = re.findall(r'<tr class="claim-check" data-row="([^"]+)" data-agreement="([^"]+)"', dom)
+    assert checks == [("csr", "consistent"), ("d2s", "consistent"), ("csr-d2s", "consistent")]
+    # the index summarises the audit per paper: the #params cell measured exact or within
+    index = browse((out / "smoke" / "index.html").as_uri(), tmp_path, "--dump-dom")
+    line = re.search(r'<tr data-paper="csr-d2s">(.*?)</tr>', index, re.S).group(1)
+    exact, within, outside, unmeasured, consistent, inconsistent, cannot = map(int, re.findall(r'>(\d+)</td>', line))
+    assert exact + within == 1 and outside == 0 and consistent == 3 and inconsistent == 0
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report-table-ii-audit.png"
     shot.unlink(missing_ok=True)

@@ -98,8 +98,9 @@ def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: P
 
     page, _ = _table_paths(index.parent, view.table)
     result.figures += [p for plot in plots for p in plot.files.values()]
-    result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index, catalogue)))
-    summary = pages.summary_of(view, page, index.parent)
+    audit = pages.page_audit(view.table, catalogue)
+    result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index, catalogue, audit)))
+    summary = pages.summary_of(view, page, index.parent, audit)
     _write(page.with_suffix(".summary.json"), json.dumps(asdict(summary), indent=1))
 
 

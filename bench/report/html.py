@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 from urllib.parse import quote
@@ -75,13 +75,49 @@ class Summary:
     problems: int
     generated_at: str
     page: str                 # path of the page relative to the index
+    audit: dict[str, int] = field(default_factory=dict)         # architecture cells by agreement word
+    claim_checks: dict[str, int] = field(default_factory=dict)  # stated claim figures by agreement word
 
 
-def summary_of(view: TableView, page: Path, index_dir: Path) -> Summary:
+@dataclass
+class PageAudit:
+    """What `bench audit` says about a table, for its page: architecture cells (from the profile cache,
+    nothing built) and the claims' stated figures against the table's cells."""
+
+    cells: list = field(default_factory=list)
+    claims: list = field(default_factory=list)
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        cells: dict[str, int] = {}
+        for c in self.cells:
+            cells[c.agreement] = cells.get(c.agreement, 0) + 1
+        claims: dict[str, int] = {}
+        for c in self.claims:
+            claims[c.agreement] = claims.get(c.agreement, 0) + 1
+        return cells, claims
+
+
+def page_audit(table, catalogue=None) -> PageAudit:
+    from bench.audit import audit_table, claim_checks
+
+    out = PageAudit()
+    try:
+        out.cells = audit_table(table, build=False, catalogue=catalogue).cells
+    except Exception:  # noqa: BLE001 - the page is written without its audit rather than not at all
+        pass
+    try:
+        out.claims = claim_checks([table], catalogue)
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def summary_of(view: TableView, page: Path, index_dir: Path, audit: Optional[PageAudit] = None) -> Summary:
     t = view.table
+    cells, claims = (audit or PageAudit()).counts()
     return Summary(name=t.name, paper=t.paper.slug, number=t.number, title=t.title, rows=len(view.rows),
                    counts=view.counts(), verdicts=view.verdict_counts(), problems=len(view.problems),
-                   generated_at=now(), page=href(page, index_dir))
+                   generated_at=now(), page=href(page, index_dir), audit=cells, claim_checks=claims)
 
 
 def _footnotes(view: TableView) -> dict[tuple[str, str], int]:
@@ -95,19 +131,17 @@ def _footnotes(view: TableView) -> dict[tuple[str, str], int]:
 
 
 def render_table_page(view: TableView, plots: Sequence[Plot], page: Path,
-                      exports: dict[str, Path], index: Optional[Path], catalogue=None) -> str:
+                      exports: dict[str, Path], index: Optional[Path], catalogue=None,
+                      audit: Optional[PageAudit] = None) -> str:
     page_dir = page.parent
     logs = {rv.row.id: href(rv.provenance.log_path, page_dir)
             for rv in view.rows if rv.provenance and rv.provenance.log_path}
-    from bench.audit import PRECISION_RULE, audit_table
+    from bench.audit import CLAIM_RULE, PRECISION_RULE
 
-    try:
-        # what `bench audit` measured (cached), comparable at any scale
-        audit = audit_table(view.table, build=False, catalogue=catalogue).cells
-    except Exception:  # noqa: BLE001 - the page is written without its audit rather than not at all
-        audit = []
+    audit = audit if audit is not None else page_audit(view.table, catalogue)  # comparable at any scale
     return environment().get_template("table.html.j2").render(
-        view=view, table=view.table, audit=audit, audit_rule=PRECISION_RULE,
+        view=view, table=view.table, audit=audit.cells, claim_checks=audit.claims, audit_rule=PRECISION_RULE,
+        claim_rule=CLAIM_RULE,
         plots=[(p, {fmt: href(path, page_dir) for fmt, path in p.files.items()}) for p in plots],
         exports={fmt: href(path, page_dir) for fmt, path in exports.items()},
         index=href(index, page_dir) if index else None, logs=logs, footnotes=_footnotes(view), generated_at=now())
@@ -118,6 +152,13 @@ def render_index(summaries: Sequence[Summary], scale: str, problems: Sequence[st
     totals = {k: sum(s.counts.get(k, 0) for s in summaries) for k in ("done", "failed", "pending", "not-run",
                                                                       "not-runnable")}
     verdicts = {str(v): sum(s.verdicts.get(str(v), 0) for s in summaries) for v in Verdict}
+    papers: dict[str, dict[str, int]] = {}
+    for s in summaries:  # the audit per paper: architecture cells and stated claims, by agreement word
+        counts = papers.setdefault(s.paper, {})
+        for word, n in list(s.audit.items()) + [(f"claim {w}", n) for w, n in s.claim_checks.items()]:
+            counts[word] = counts.get(word, 0) + n
     return environment().get_template("index.html.j2").render(
         summaries=summaries, scale=scale, smoke=scale == "smoke", totals=totals, verdicts=verdicts,
+        papers=papers, audit_words=("exact", "within", "outside", "not measured"),
+        claim_words=("consistent", "inconsistent", "cannot check"),
         rows=sum(s.rows for s in summaries), problems=problems, exports=exports, generated_at=now())
