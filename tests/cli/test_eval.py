@@ -102,6 +102,16 @@ def test_allow_partial_loads_and_says_what_it_skipped(trained, tmp_path):
     assert "never comparable" in ev.measured_notes["mask_AP"]
 
 
+def test_a_row_that_cannot_run_is_refused_with_its_status(trained):
+    results, data, _, ckpt = trained
+    from bench.cli import main
+
+    env = {"BENCH_RESULTS": str(results), "BENCH_DATA": str(data), "BENCH_RECIPES": str(TEST_RECIPES)}
+    out = CliRunner().invoke(main, ["eval", TABLE, "reference", "--checkpoint", str(ckpt), "--scale", str(TINY_SCALE)],
+                             env=env, catch_exceptions=False)
+    assert out.exit_code == 1 and "row 'reference' cannot be evaluated: reference only: a system outside mmdet" in out.output
+
+
 def test_a_checkpoint_that_pickles_code_is_refused_unloaded(trained, tmp_path):
     import pickle
 
@@ -187,3 +197,36 @@ def test_checkpoint_zoo_takes_the_released_file_by_name_and_never_downloads(trai
     assert out.exit_code == 0, out.output
     page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
     assert page.count(">released weights: ") == 3 and page.count('class="src small">trained here<') == 3
+
+
+@pytest.mark.browser
+def test_report_page_in_chromium_labels_released_weights_and_trained_here(trained, tmp_path, monkeypatch):
+    """The page as a browser renders it (DOM after layout, and a screenshot kept in tests/artifacts/)."""
+    import shutil
+
+    from bench.cli import main
+    from bench.zoo import link
+    from bench.recipes import Catalogue
+    from tests.test_report_html import ARTIFACTS, PNG, browse
+
+    results, data, res, ckpt = trained
+    ev_path = checkpoint_result_path(results, "smoke", TABLE, ROW)
+    if not ev_path.exists() or "zoo" not in str(read_result(ev_path).checkpoint.get("note")):
+        zoo = link(Catalogue(TEST_RECIPES).load(TABLE).row(ROW))
+        (tmp_path / "w").mkdir()
+        shutil.copy(ckpt, tmp_path / "w" / zoo.model.file_name)
+        _eval(trained, "--checkpoint", "zoo", "--weights-dir", str(tmp_path / "w"))
+    env = {"BENCH_RESULTS": str(results), "BENCH_RECIPES": str(TEST_RECIPES)}
+    out = CliRunner().invoke(main, ["report", TABLE, "--html", "--out", str(tmp_path / "rep")], env=env,
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    page = tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html"
+    dom = browse(page.as_uri(), tmp_path, "--dump-dom")
+    import re
+
+    row = re.search(r'<tr id="row-tiny".*?</tr>', dom, re.S).group(0)
+    assert row.count(">released weights: ") == 3 and row.count(">trained here<") == 3
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-released-weights.png"
+    browse(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1400,900")
+    assert shot.read_bytes()[:8] == PNG
