@@ -5,7 +5,10 @@
    ``bench profile`` builds it (the paper's classes and stated test size) and set against the
    published cell with an agreement word from the printed precision (:func:`agreement`).
 2. **Internal consistency** of the published numbers alone: a model printed in two tables with
-   different numbers, and two rows printed identically although their models differ.
+   different numbers, two rows printed identically although their models differ, and a figure the
+   text states ("boosts by 0.8 AP", a recipe ``claim`` with a ``delta``) against the table's cells.
+3. **The model zoo**: rows that are mmdetection zoo models as shipped, their published AP against
+   the AP mmdet's metafile records for the released weights (``bench.zoo``).
 
 Profiles are cached on disk by what they depend on (the row's resolved model config, its input-size
 statements, bench's model code, the library versions), so a second audit only builds what changed.
@@ -118,6 +121,7 @@ class Audit:
     cells: list[AuditCell] = field(default_factory=list)
     consistency: list[Consistency] = field(default_factory=list)
     claims: list[ClaimCheck] = field(default_factory=list)
+    zoo: list[dict] = field(default_factory=list)   # published AP of mmdet-zoo rows against the zoo's metafile
     profiled: int = 0      # rows built this time (the rest came from the cache)
     cached: int = 0
 
@@ -359,6 +363,32 @@ def claim_checks(tables: list[Table], catalogue: Optional[Catalogue] = None) -> 
     return out
 
 
+#: the rule of the model-zoo check, printed with it
+ZOO_RULE = ("A row that is an mmdetection model-zoo model as shipped (its zoo config, nothing in `model` overridden, the "
+            "zoo's schedule) has its published box / mask AP set beside the AP the zoo's metafile records for the "
+            "released weights (COCO val2017): 'agrees' within half of the last printed digit, else 'differs'; a row "
+            "the paper evaluates on another split (test-dev) is compared all the same and says so.")
+
+
+def zoo_checks(tables: list[Table]) -> list[dict]:
+    """``bench.zoo.metafile_crosscheck`` of every table, with an agreement word and the split caveat."""
+    from bench.zoo import metafile_crosscheck
+
+    out = []
+    for t in tables:
+        try:
+            found = metafile_crosscheck(t)
+        except Exception:  # noqa: BLE001 - an unreadable metafile leaves the audit without this check
+            continue
+        splits = {r.id: r.train.eval_split for r in t.rows}
+        for f in found:
+            split = splits.get(f["row"]) or "val2017"
+            word = "no zoo number" if f["agree"] is None else ("agrees" if f["agree"] else "differs")
+            note = "" if split in ("val2017", "minival") else f"the paper evaluates on {split}, the zoo on val2017"
+            out.append(dict(f, agreement=word, eval_split=split, note=note))
+    return out
+
+
 def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue] = None) -> Audit:
     result = Audit()
     for t in tables:
@@ -368,6 +398,7 @@ def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue
         result.cached += a.cached
     result.consistency = consistency(tables)
     result.claims = claim_checks(tables, catalogue)
+    result.zoo = zoo_checks(tables)
     for c in result.claims:
         if c.agreement == "inconsistent":
             unit = "%" if c.relative else ""
@@ -379,6 +410,7 @@ def audit(tables: list[Table], flops: bool = True, catalogue: Optional[Catalogue
 
 
 def as_json(a: Audit) -> dict[str, Any]:
-    return {"rule": PRECISION_RULE, "claim_rule": CLAIM_RULE, "cells": [asdict(c) for c in a.cells],
+    return {"rule": PRECISION_RULE, "claim_rule": CLAIM_RULE, "zoo_rule": ZOO_RULE, "cells": [asdict(c) for c in a.cells],
             "consistency": [asdict(c) for c in a.consistency], "claims": [asdict(c) for c in a.claims],
+            "zoo": a.zoo,
             "profiled": a.profiled, "cached": a.cached}

@@ -918,7 +918,7 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     against each other. Comparable at any scale; profiles are cached by model, so a second audit is instant."""
     from dataclasses import asdict
 
-    from bench.audit import CLAIM_RULE, PRECISION_RULE, as_json as audit_json, audit
+    from bench.audit import CLAIM_RULE, PRECISION_RULE, ZOO_RULE, as_json as audit_json, audit
 
     cat, ts = _tables_arg(ctx, tables)
     result = audit(ts, flops=not no_flops, catalogue=cat)
@@ -945,6 +945,15 @@ def audit_cmd(ctx, tables, no_flops, as_json) -> None:
         con.print(f"claims stating a figure: {len(words)}: " + ", ".join(
             f"{words.count(w)} {w}" for w in ("consistent", "inconsistent", "cannot check") if w in words))
         con.print(f"[dim]{CLAIM_RULE}[/dim]")
+    if result.zoo:
+        words = [z["agreement"] for z in result.zoo]
+        con.print(f"model-zoo rows, published AP against the zoo's metafile: {len(words)} cells: " + ", ".join(
+            f"{words.count(w)} {w}" for w in ("agrees", "differs", "no zoo number") if w in words))
+        for z in result.zoo:
+            if z["agreement"] == "differs":
+                con.print(f"  [yellow]differs:[/yellow] {z['table']}/{z['row']} {z['metric']}: published {z['published']:g}, "
+                          f"zoo {z['zoo_model']} {z['metafile']:g}" + (f" ({z['note']})" if z["note"] else ""))
+        con.print(f"[dim]{ZOO_RULE}[/dim]")
     con.print(f"[dim]{PRECISION_RULE}[/dim]")
     con.print(f"{result.profiled} row(s) profiled, {result.cached} from the cache")
 

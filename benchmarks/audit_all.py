@@ -69,6 +69,14 @@ def main() -> None:
         lines.append(f"  {c['agreement']:13s} {c['table']}/{c['row']} vs {c['vs']}: {c['metric']} stated "
                      f"{c['stated']:+g}{unit}{' (approx.)' if c['approximate'] else ''}, cells {cells} give {got}{unit}"
                      + (f"  [{c['note']}]" if c["note"] else ""))
+    zoo = out.get("zoo", [])
+    words = collections.Counter(z["agreement"] for z in zoo)
+    lines += ["", f"model-zoo rows, published AP against mmdet's metafile: {len(zoo)} cells: "
+              + ", ".join(f"{k} {v}" for k, v in words.most_common())]
+    for z in zoo:
+        meta = f"{z['metafile']:g}" if z["metafile"] is not None else "-"
+        lines.append(f"  {z['agreement']:8s} {z['table']}/{z['row']} {z['metric']}: published {z['published']:g}, "
+                     f"zoo {meta} ({z['zoo_model']})" + (f"  [{z['note']}]" if z["note"] else ""))
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:5]))
 

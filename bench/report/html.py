@@ -86,6 +86,7 @@ class PageAudit:
 
     cells: list = field(default_factory=list)
     claims: list = field(default_factory=list)
+    zoo: list = field(default_factory=list)
 
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         cells: dict[str, int] = {}
@@ -109,6 +110,9 @@ def page_audit(table, catalogue=None) -> PageAudit:
         out.claims = claim_checks([table], catalogue)
     except Exception:  # noqa: BLE001
         pass
+    from bench.audit import zoo_checks
+
+    out.zoo = zoo_checks([table])
     return out
 
 
@@ -136,12 +140,12 @@ def render_table_page(view: TableView, plots: Sequence[Plot], page: Path,
     page_dir = page.parent
     logs = {rv.row.id: href(rv.provenance.log_path, page_dir)
             for rv in view.rows if rv.provenance and rv.provenance.log_path}
-    from bench.audit import CLAIM_RULE, PRECISION_RULE
+    from bench.audit import CLAIM_RULE, PRECISION_RULE, ZOO_RULE
 
     audit = audit if audit is not None else page_audit(view.table, catalogue)  # comparable at any scale
     return environment().get_template("table.html.j2").render(
         view=view, table=view.table, audit=audit.cells, claim_checks=audit.claims, audit_rule=PRECISION_RULE,
-        claim_rule=CLAIM_RULE,
+        claim_rule=CLAIM_RULE, zoo=audit.zoo, zoo_rule=ZOO_RULE,
         plots=[(p, {fmt: href(path, page_dir) for fmt, path in p.files.items()}) for p in plots],
         exports={fmt: href(path, page_dir) for fmt, path in exports.items()},
         index=href(index, page_dir) if index else None, logs=logs, footnotes=_footnotes(view), generated_at=now())

@@ -33,6 +33,10 @@ def test_audit_csr_d2s_table_i(cli, tmp_path, monkeypatch):
     assert cells[("solov2", "params_M")]["agreement"] == "outside"       # 46.37 M measured, 33.89 printed
     assert cells[("mask-rcnn", "params_M")]["agreement"] in ("exact", "within")
     assert cells[("polarmask", "params_M")]["agreement"] == "reference only"
+    # the recipes' notes say Table I's Mask R-CNN / SOLO / SOLOv2 numbers are model-zoo numbers: the metafile agrees
+    zoo = {(z["row"], z["metric"]): z for z in out["zoo"]}
+    assert zoo[("mask-rcnn", "mask_AP")]["agreement"] == "agrees" and zoo[("mask-rcnn", "mask_AP")]["metafile"] == 34.7
+    assert zoo[("mask-rcnn", "mask_AP")]["zoo_model"] == "mask-rcnn_r50_fpn_1x_coco"
     assert out["profiled"] > 0
     again = json.loads(cli("audit", "csr-d2s/table-i", "--json").stdout)
     assert again["profiled"] == 0 and again["cached"] == out["profiled"]
@@ -88,3 +92,13 @@ rows:
     assert found[0]["rows"] == ["pipeline-test/table-9/plus", "pipeline-test/table-9/base"]
     text = cli("audit", "pipeline-test/table-9", "--no-flops").stdout
     assert "claims stating a figure: 5: 3 consistent, 1 inconsistent, 1 cannot check" in text
+
+
+def test_zoo_rows_whose_published_ap_differs_from_the_metafile_are_flagged():
+    from bench.audit import zoo_checks
+    from bench.recipes import Catalogue
+
+    found = {(z["row"], z["metric"]): z for z in zoo_checks([Catalogue().load("sbr-cnn/table-11")])}
+    condinst = found[("condinst", "mask_AP")]
+    assert condinst["agreement"] == "differs" and (condinst["published"], condinst["metafile"]) == (34.4, 36.0)
+    assert found[("mask", "box_AP")]["agreement"] == "differs" and found[("mask", "box_AP")]["metafile"] == 38.2
