@@ -731,12 +731,12 @@ def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow
 
     _, t = _load(ctx, table)
     (r,) = _select_rows(t, (row,))
-    note = None
+    note = released = None
     if checkpoint == "zoo":
         from bench.zoo import ZooError, local_checkpoint
 
         try:
-            path, note = local_checkpoint(r, list(weights_dirs))
+            path, note, released = local_checkpoint(r, list(weights_dirs))
         except ZooError as e:
             raise BenchError(str(e)) from None
     else:
@@ -746,7 +746,7 @@ def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow
     try:
         out, res = evaluate(t, r, path, _results_root(ctx), scale=scale, data_root=_data_roots(data_root), limit=limit,
                             device=device, allow_partial=tuple(allow_partial), weights_dirs=list(weights_dirs),
-                            checkpoint_note=note, on_line=click.echo)
+                            checkpoint_note=note, released=released, on_line=click.echo)
     except (EvalError, PlanError, DataError) as e:
         raise BenchError(str(e)) from None
     m = res.measured

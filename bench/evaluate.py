@@ -165,8 +165,11 @@ def run_spec(table: Table, row: Row, scale: str, results_root: Path, data_root=N
 def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale: str = "smoke",
              data_root=None, limit: Optional[int] = None, device: str = "cpu",
              allow_partial: tuple[str, ...] = (), weights_dirs: Optional[list[Path]] = None,
-             checkpoint_note: Optional[str] = None, on_line=lambda s: None) -> tuple[Path, Any]:
-    """Evaluate ``checkpoint`` as ``table``'s ``row``; write and return (result path, Result)."""
+             checkpoint_note: Optional[str] = None, released: Optional[dict] = None,
+             on_line=lambda s: None) -> tuple[Path, Any]:
+    """Evaluate ``checkpoint`` as ``table``'s ``row``; write and return (result path, Result). ``released``: the
+    mmdet zoo entry the file was taken for (``bench.zoo.local_checkpoint``); the result records whether the file's
+    SHA-256 begins as the released file's name says (only then does the report call it released weights)."""
     import torch
 
     from bench.results import checkpoint_result_path, write_result
@@ -178,15 +181,27 @@ def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale
     t0, started = time.time(), _now()
     where = f"{table.name} row {row.id!r}"
     record = file_record(checkpoint)
+    if released is not None:
+        prefix = released.get("sha256_prefix")
+        record["zoo"] = released | {"sha256_matches": record["sha256"].startswith(prefix) if prefix else None}
+        if prefix and not record["zoo"]["sha256_matches"]:
+            on_line(f"warning: {checkpoint} is named as the released {released.get('file_name')} but its sha256 begins "
+                    f"{record['sha256'][:8]}, not {prefix}: not the released file (evaluated as a plain checkpoint)")
     ckpt_state = read_state_dict(checkpoint)      # refused before anything is built if it is not data
     spec = run_spec(table, row, scale, results_root, data_root, weights_dirs)
     out = checkpoint_result_path(results_root, spec.scale, table.name, row.id)
     log = out.with_name(out.stem + ".log")   # mmengine's and pycocotools' output: kept beside the result
     log.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, open(log, "w") as log_f, \
-            contextlib.redirect_stdout(log_f):
-        res = _evaluate_in(Path(tmp), spec, table, row, ckpt_state, record, limit, device, allow_partial, where,
-                           checkpoint_note, started, t0)
+    partial = log.with_name(log.name + ".partial")   # a failed evaluation never replaces the last good one's log
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, open(partial, "w") as log_f, \
+                contextlib.redirect_stdout(log_f):
+            res = _evaluate_in(Path(tmp), spec, table, row, ckpt_state, record, limit, device, allow_partial, where,
+                               checkpoint_note, started, t0)
+    except BaseException:
+        partial.replace(log.with_name(out.stem + ".failed.log"))
+        raise
+    partial.replace(log)
     write_result(out, res)
     for line in res.checkpoint["skipped"]:
         on_line(f"partial load (--allow-partial {' '.join(allow_partial)}): skipped {line}")

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -188,9 +189,18 @@ def link(row: Row) -> Optional[ZooLink]:
     return ZooLink(m, exact=not overridden and schedule is None, overridden=overridden, schedule=schedule)
 
 
-def local_checkpoint(row: Row, weights_dirs: Optional[list[Path]] = None) -> tuple[Path, str]:
-    """(local file, note) of the row's released zoo checkpoint, found by file name in ``weights_dirs``,
-    then ``$BENCH_WEIGHTS``, then torch's hub cache; never downloaded."""
+def sha256_prefix(file_name: str) -> Optional[str]:
+    """The SHA-256 prefix an OpenMMLab release names its file by (``..._20200205-d4b0c5d6.pth``: the first 8 hex
+    digits of the file's SHA-256, as mmdet's tools/model_converters/publish_model.py names it), if it has one."""
+    m = re.search(r"-([0-9a-f]{8})\.pth$", file_name)
+    return m.group(1) if m else None
+
+
+def local_checkpoint(row: Row, weights_dirs: Optional[list[Path]] = None) -> tuple[Path, str, dict]:
+    """(local file, note, the zoo entry) of the row's released zoo checkpoint, found by file name in
+    ``weights_dirs``, then ``$BENCH_WEIGHTS``, then torch's hub cache; never downloaded. Whether the file is the
+    released one (its SHA-256 begins as its name says) is for the caller to check once it hashes the file
+    (``bench.evaluate`` does)."""
     from bench.weights import find, search_dirs
 
     lk = link(row)
@@ -203,7 +213,8 @@ def local_checkpoint(row: Row, weights_dirs: Optional[list[Path]] = None) -> tup
         raise ZooError(f"row {row.id!r}: the released checkpoint {lk.model.file_name} is not here (looked in "
                        + ", ".join(str(d) for d in dirs) + f"); fetch {lk.model.weights} on a machine with internet "
                        f"and put it at {dirs[0] / lk.model.file_name} (bench never downloads)")
-    return hit, f"mmdet model zoo: {lk.model.name} ({lk.model.metafile}), {lk.model.weights}"
+    info = lk.as_dict() | {"sha256_prefix": sha256_prefix(lk.model.file_name)}
+    return hit, f"mmdet model zoo: {lk.model.name} ({lk.model.metafile}), {lk.model.weights}", info
 
 
 def metafile_crosscheck(table: Table) -> list[dict]:

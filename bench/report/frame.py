@@ -151,8 +151,11 @@ class RowView:
         """How the page names the checkpoint evaluation's numbers (and the trained ones beside them)."""
         if self.released is None:
             return ""
-        ck = self.released.checkpoint or {}
-        word = "released weights" if "zoo" in str(ck.get("note") or "") else "checkpoint"
+        zoo = (self.released.checkpoint or {}).get("zoo") or {}
+        # "released weights" only for the released file itself (its SHA-256 begins as its zoo name says)
+        word = ("checkpoint" if not zoo else "released weights" if zoo.get("sha256_matches") else
+                "checkpoint (named as the zoo file, other bytes)" if zoo.get("sha256_matches") is False else
+                "released weights (name carries no checksum)")
         limit = self.released.measurement.eval_limit if self.released.measurement else None
         return word + (f" (first {limit} images)" if limit else "")
 

@@ -184,11 +184,14 @@ def test_checkpoint_zoo_takes_the_released_file_by_name_and_never_downloads(trai
     # so its numbers must be the training's)
     (tmp_path / "w").mkdir()
     shutil.copy(ckpt, tmp_path / "w" / zoo.model.file_name)
-    _eval(trained, "--checkpoint", "zoo", "--weights-dir", str(tmp_path / "w"))
+    out = _eval(trained, "--checkpoint", "zoo", "--weights-dir", str(tmp_path / "w"))
     ev = read_result(checkpoint_result_path(results, "smoke", TABLE, ROW))
     assert ev.checkpoint["path"] == str((tmp_path / "w" / zoo.model.file_name).resolve())
     assert "mmdet model zoo" in ev.checkpoint["note"] and zoo.model.weights in ev.checkpoint["note"]
     assert ev.measured["mask_AP"] == res.measured["mask_AP"] and ev.measured["box_AP"] == res.measured["box_AP"]
+    # the released file's name carries its SHA-256 prefix (d4b0c5d6): these bytes are not it, and it is said
+    assert ev.checkpoint["zoo"]["sha256_prefix"] == "d4b0c5d6" and ev.checkpoint["zoo"]["sha256_matches"] is False
+    assert "not the released file" in out
     from bench.cli import main
 
     env = {"BENCH_RESULTS": str(results), "BENCH_RECIPES": str(TEST_RECIPES)}
@@ -196,12 +199,14 @@ def test_checkpoint_zoo_takes_the_released_file_by_name_and_never_downloads(trai
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
     page = (tmp_path / "rep" / "smoke" / "pipeline-test" / "table-1.html").read_text()
-    assert page.count(">released weights: ") == 3 and page.count('class="src small">trained here<') == 3
+    assert page.count(">checkpoint (named as the zoo file, other bytes): ") == 3
+    assert page.count('class="src small">trained here<') == 3 and ">released weights" not in page
 
 
 @pytest.mark.browser
-def test_report_page_in_chromium_labels_released_weights_and_trained_here(trained, tmp_path, monkeypatch):
-    """The page as a browser renders it (DOM after layout, and a screenshot kept in tests/artifacts/)."""
+def test_report_page_in_chromium_labels_the_checkpoint_and_trained_here(trained, tmp_path, monkeypatch):
+    """The page as a browser renders it (DOM after layout, and a screenshot kept in tests/artifacts/). The checkpoint
+    is the tiny row's own, put under the zoo's file name (the real release cannot be downloaded here)."""
     import shutil
 
     from bench.cli import main
@@ -225,8 +230,29 @@ def test_report_page_in_chromium_labels_released_weights_and_trained_here(traine
     import re
 
     row = re.search(r'<tr id="row-tiny".*?</tr>', dom, re.S).group(0)
-    assert row.count(">released weights: ") == 3 and row.count(">trained here<") == 3
+    assert row.count(">checkpoint (named as the zoo file, other bytes): ") == 3 and row.count(">trained here<") == 3
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report-released-weights.png"
+    shot = ARTIFACTS / "report-checkpoint-eval.png"
     browse(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1400,900")
     assert shot.read_bytes()[:8] == PNG
+
+
+def test_released_weights_label_only_for_the_released_bytes():
+    """The label the report gives a checkpoint evaluation, from what the result records (a constructed record:
+    the released file itself cannot be downloaded here)."""
+    from bench.report.frame import RowView
+    from bench.results import Measurement, Result
+
+    def label(checkpoint: dict, limit=None) -> str:
+        m = Measurement(scale="paper", dataset="coco", eval_split="val2017", batch_size=1, gpus=1, pretrained=True,
+                        seed=0, device="test fixture (not a measurement)", eval_limit=limit)
+        res = Result(status="done", table=TABLE, row=ROW, label=ROW, run_key="k", config_hash="h", measurement=m,
+                     source="checkpoint", checkpoint=checkpoint)
+        return RowView(row=None, factors=[], row_status="", run_status="", detail="", cells={}, results=[],
+                       provenance=None, last_log=None, released=res).released_label
+
+    assert label({"zoo": {"sha256_matches": True}}) == "released weights"
+    assert label({"zoo": {"sha256_matches": True}}, limit=50) == "released weights (first 50 images)"
+    assert label({"zoo": {"sha256_matches": False}}) == "checkpoint (named as the zoo file, other bytes)"
+    assert label({"zoo": {"sha256_matches": None}}) == "released weights (name carries no checksum)"
+    assert label({"path": "x.pth"}) == "checkpoint"
