@@ -256,3 +256,33 @@ def test_released_weights_label_only_for_the_released_bytes():
     assert label({"zoo": {"sha256_matches": False}}) == "checkpoint (named as the zoo file, other bytes)"
     assert label({"zoo": {"sha256_matches": None}}) == "released weights (name carries no checksum)"
     assert label({"path": "x.pth"}) == "checkpoint"
+
+
+def test_legacy_format_checkpoints_load_as_data_and_code_in_them_is_refused(tmp_path):
+    """torch.save before 1.6 wrote a non-zip format (many released checkpoints of 2019-2020 are in it): torch reads
+    the globals of zip files only, so the weights_only unpickler is what refuses code there."""
+    import collections
+
+    import torch
+
+    from bench.evaluate import EvalError, read_state_dict
+
+    good = tmp_path / "legacy.pth"
+    torch.save({"meta": {"mmdet_version": "2.0.0", "CLASSES": ("a", "b")},
+                "state_dict": collections.OrderedDict([("module.backbone.w", torch.ones(2))])}, str(good),
+               _use_new_zipfile_serialization=False)
+    sd = read_state_dict(good)
+    assert list(sd) == ["backbone.w"] and sd["backbone.w"].tolist() == [1.0, 1.0]
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "legacy-evil.pth"
+    torch.save({"state_dict": {}, "x": Evil()}, str(bad), _use_new_zipfile_serialization=False)
+    with pytest.raises(EvalError, match="cannot be loaded as data"):
+        read_state_dict(bad)
+    assert not marker.exists()
