@@ -95,15 +95,22 @@ def read_state_dict(path: Path) -> dict:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def compare_keys(model_state: dict, ckpt_state: dict) -> KeyReport:
+def load_and_compare(model, ckpt_state: dict) -> KeyReport:
+    """Load ``ckpt_state`` into ``model`` as far as it fits and say how it fits. Shape-mismatched keys are left
+    out of the load (torch refuses them); missing and unexpected keys are torch's own answer from
+    ``load_state_dict(strict=False)``, i.e. after the modules' ``_load_from_state_dict`` hooks (which rename the
+    keys of older checkpoint layouts), as mmengine's loader sees them. The caller refuses a partial load."""
+    model_state = model.state_dict()
     rep = KeyReport()
-    rep.missing = sorted(k for k in model_state if k not in ckpt_state)
-    rep.unexpected = sorted(k for k in ckpt_state if k not in model_state)
     for k in sorted(set(model_state) & set(ckpt_state)):
         if tuple(model_state[k].shape) != tuple(ckpt_state[k].shape):
             rep.mismatched.append(f"{k}: {tuple(ckpt_state[k].shape)} in the checkpoint vs "
                                   f"{tuple(model_state[k].shape)} in the model")
-    rep.loaded = len(set(model_state) & set(ckpt_state)) - len(rep.mismatched)
+    mismatched = {m.split(":", 1)[0] for m in rep.mismatched}
+    res = model.load_state_dict({k: v for k, v in ckpt_state.items() if k not in mismatched}, strict=False)
+    rep.missing = sorted(k for k in res.missing_keys if k not in mismatched)
+    rep.unexpected = sorted(res.unexpected_keys)
+    rep.loaded = len(model_state) - len(rep.missing) - len(mismatched)
     return rep
 
 
@@ -249,12 +256,10 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
     model = runner.model
     if device == "cpu" and next(model.parameters()).is_cuda:
         model.cpu()
-    rep = compare_keys(model.state_dict(), ckpt_state)
+    rep = load_and_compare(model, ckpt_state)   # nothing is evaluated unless the checks below pass
     skipped = check_partial(rep, allow_partial, where)
     if rep.loaded == 0:
         raise EvalError(f"{where}: no key of the checkpoint fits the model: refused")
-    bad = set(rep.unexpected) | {m.split(":", 1)[0] for m in rep.mismatched}
-    model.load_state_dict({k: v for k, v in ckpt_state.items() if k not in bad}, strict=False)
     phases["setup"] = time.time() - t0
     t = time.time()
     probe = SpeedProbe(model, spec.scale_cfg["speed_images"]) if cfg.test_dataloader.get("batch_size", 1) == 1 else None

@@ -87,6 +87,13 @@ def test_a_renamed_key_is_refused_with_the_key_named(trained, tmp_path):
     # a prefix that does not cover every offending key is still refused
     out = _eval(trained, "--checkpoint", str(bad), "--allow-partial", "backbone.", expect=1)
     assert "outside the --allow-partial prefixes" in out
+    # a tensor of another shape (a head for another class count) is named with both shapes
+    import torch
+
+    cls = "roi_head.bbox_head.fc_cls.weight"
+    wide = _rewritten(ckpt, tmp_path / "wide.pth", lambda sd: sd.__setitem__(cls, torch.zeros(81, sd[cls].shape[1])))
+    out = _eval(trained, "--checkpoint", str(wide), expect=1)
+    assert f"1 key(s) shape mismatch: {cls}: (81, 64) in the checkpoint vs (4, 64) in the model" in out
 
 
 def test_allow_partial_loads_and_says_what_it_skipped(trained, tmp_path):
