@@ -1,29 +1,26 @@
 """`bench eval`: a checkpoint evaluated as a row, against a real training of that row.
 
-One real `bench run` of the tiny Mask R-CNN row (tiny smoke variant, ~40 s) serves the module; each
-`bench eval` runs in-process (real model, real checkpoint, real pycocotools)."""
+The suite's one real `bench run` of the pipeline-test table (conftest's `pipeline_run`: the tiny Mask R-CNN row at
+the tiny smoke variant) serves the module; each `bench eval` runs in-process (real model, real checkpoint, real
+pycocotools). Evaluations write under results/smoke/checkpoint-evals/, which no trained-result reader touches."""
 from __future__ import annotations
-
-import subprocess
 
 import pytest
 from click.testing import CliRunner
 
 from bench.results import checkpoint_result_path, read_result, result_path
-from tests.conftest import TEST_RECIPES, TINY_SCALE, bench_env, bench_exe
+from tests.conftest import TEST_RECIPES, TINY_SCALE
 
 TABLE, ROW = "pipeline-test/table-1", "tiny"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(results root, data root, the trained result, its final checkpoint)."""
-    results = tmp_path_factory.mktemp("eval-results")
-    data = tmp_path_factory.mktemp("eval-data")
-    p = subprocess.run([bench_exe(), "run", TABLE, ROW, "--scale", str(TINY_SCALE)], env=bench_env(results, data),
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+def trained(pipeline_run):
+    """(results root, data root, the trained result, its final checkpoint): the tiny row of the suite's one real
+    `bench run` of the pipeline-test table (conftest's session fixture, shared with test_run/test_collect/...)."""
+    results, data, _ = pipeline_run
     res = read_result(result_path(results, "smoke", TABLE, ROW))
+    assert res.status == "done", res.failure
     ckpt = sorted((results / "smoke" / "runs" / res.run_key / "train").glob("iter_*.pth"),
                   key=lambda q: int(q.stem.split("_")[1]))[-1]
     return results, data, res, ckpt
