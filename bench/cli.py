@@ -77,17 +77,14 @@ def _safe_row_status(row):
 
 
 def _row_record(table, row, with_hash: bool) -> dict:
-    from bench.resolve import model_hash
+    from bench.rowstatus import cached_model_hash
 
     status, reason = _safe_row_status(row)
     rec = {"table": table.name, "position": row.position, "id": row.id, "label": row.label,
            "status": str(status), "reason": reason or None,
            "published": {k: v for k, v in row.published.items()}, "baseline": row.baseline}
     if with_hash:
-        try:
-            rec["config_hash"] = model_hash(row) if row.model else None
-        except Exception:  # noqa: BLE001 - a row whose config does not resolve has no hash (status says why)
-            rec["config_hash"] = None
+        rec["config_hash"] = cached_model_hash(row)  # None: no model, or a config that does not resolve
     return rec
 
 
@@ -194,7 +191,7 @@ def _zoo_link(row, as_dict: bool = False):
 def validate_cmd(ctx: click.Context) -> None:
     """Load every recipe and check it: schema, configs, overrides, baselines. Exit 1 on any error."""
     from bench.recipes import RecipeError
-    from bench.resolve import row_config, row_status
+    from bench.rowstatus import row_check
     from bench.vocab import RowStatus
 
     cat = _catalogue(ctx)
@@ -210,13 +207,11 @@ def validate_cmd(ctx: click.Context) -> None:
             n_rows += 1
             where = f"{cat.paths[name]}: row {r.position} (id {r.id!r})"
             if r.model is not None:
-                try:
-                    row_config(r.model)
-                    status, reason = row_status(r)
-                    if status is RowStatus.REFUSED:
-                        errors.append(f"{where}: refused: {reason}")
-                except Exception as e:  # noqa: BLE001 - any failure to resolve is a recipe error
-                    errors.append(f"{where}, field model: {e}")
+                status, reason, config_error = row_check(r)  # cached by the row's spec and bench's code
+                if config_error:
+                    errors.append(f"{where}, field model: {config_error}")
+                elif status is RowStatus.REFUSED:
+                    errors.append(f"{where}: refused: {reason}")
             if r.baseline and "/" in r.baseline:
                 try:
                     cat.find_row(r.baseline, t)

@@ -24,9 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 BENCH_CONFIGS = BENCH_DIR / "configs"
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("BENCH_CACHE")
-    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+from bench.diskcache import cache_dir  # noqa: E402,F401  (bench's cache folder; callers import it from here too)
 
 
 def mmdet_configs_dir() -> Path:
