@@ -155,7 +155,7 @@ def apply_limit(cfg: dict, n: int, work: Path) -> int:
     dl["ann_file"] = str(sub)
     evs = cfg.get("test_evaluator")
     for e in (evs if isinstance(evs, list) else [evs]):
-        if isinstance(e, dict):
+        if isinstance(e, dict) and "ann_file" in e:   # COCO-style metrics (not e.g. CityScapesMetric)
             e["ann_file"] = str(sub)
     return kept
 
@@ -193,6 +193,8 @@ def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale
         raise EvalError("--limit must be at least 1")
     t0, started = time.time(), _now()
     where = f"{table.name} row {row.id!r}"
+    if not Path(checkpoint).is_file():
+        raise EvalError(f"checkpoint {checkpoint}: no such file")
     record = file_record(checkpoint)
     if released is not None:
         prefix = released.get("sha256_prefix")
