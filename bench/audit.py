@@ -144,6 +144,25 @@ def _row_key(row: Row, flops: bool) -> Optional[str]:
                            "train_input": row.train.input_size, "flops": flops, "code": code_version(cfg)}, 20)
 
 
+def cached_profiles(table: Table, flops: bool = True) -> list:
+    """``bench.profile.profile_table``, from the audit's profile cache where the rows were built before
+    (keyed by each row's resolved model, input sizes, bench's model code and the library versions)."""
+    from bench.profile import Profile, _rel
+
+    fields = set(Profile.__dataclass_fields__)
+    rows = {r.id: r for r in table.rows}
+    out = []
+    for d in _cached_profiles(table, flops)[0]:
+        p = Profile(**{k: v for k, v in d.items() if k in fields})
+        row = rows[p.row]  # published cells from the recipe as it is now, never from the cache
+        p.published_params_M, p.published_gflops = row.published.get("params_M"), row.published.get("gflops")
+        p.params_rel_diff, p.gflops_rel_diff = _rel(p.params_M, p.published_params_M), _rel(p.gflops, p.published_gflops)
+        if not flops:
+            p.gflops = p.gflops_rel_diff = p.deform_gflops = None
+        out.append(p)
+    return out
+
+
 def _cached_profiles(table: Table, flops: bool, build: bool = True) -> tuple[list[dict], int, int]:
     """Every row's profile (bench.profile) as a dict, from the cache where possible; with ``build``
     False nothing is built (rows not in the cache have no measurement)."""
@@ -161,12 +180,15 @@ def _cached_profiles(table: Table, flops: bool, build: bool = True) -> tuple[lis
             keys[row.id] = _row_key(row, flops)
         except Exception:  # noqa: BLE001 - profile_table reports why the row does not build
             keys[row.id] = None
-        path = _cache_dir() / f"{keys[row.id]}.json" if keys[row.id] else None
-        if path is not None and path.exists():
-            try:
-                hits[row.id] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                pass
+        # a profile with FLOPs also answers a request without them
+        for key in ([keys[row.id]] + ([_row_key(row, True)] if not flops and keys[row.id] else [])):
+            path = _cache_dir() / f"{key}.json" if key else None
+            if path is not None and path.exists():
+                try:
+                    hits[row.id] = json.loads(path.read_text())
+                    break
+                except (OSError, ValueError):
+                    pass
     runnable = [r.id for r in table.rows if keys[r.id]]
     if not build or all(rid in hits for rid in runnable):
         out = []

@@ -873,13 +873,15 @@ def collect_cmd(ctx, tables, scale, fmt, long_form) -> None:
 @click.option("--no-flops", is_flag=True, help="Count parameters only (FLOPs take a few seconds a row on a CPU).")
 @click.pass_context
 def profile_cmd(ctx, table, as_json, no_flops) -> None:
-    """Build every row's model on the CPU (no weights, no data): trainable params and FLOPs vs published."""
+    """Build every row's model on the CPU (no weights, no data): trainable params and FLOPs vs published.
+
+    Profiles are cached by each row's resolved model (as `bench audit` caches them): a second call is instant."""
     from dataclasses import asdict
 
-    from bench.profile import profile_table
+    from bench.audit import cached_profiles
 
     _, t = _load(ctx, table)
-    profiles = profile_table(t, flops=not no_flops)
+    profiles = cached_profiles(t, flops=not no_flops)  # a row built before comes from the cache
     if as_json:
         click.echo(json.dumps([asdict(p) for p in profiles], indent=2))
         return

@@ -85,3 +85,16 @@ def test_yolact_is_not_padded_beyond_its_preprocessor():
 
     assert padded(M(), (550, 550)) == (550, 550)
     assert padded(M(), (800, 1333)) == (800, 1333)
+
+
+def test_a_second_profile_builds_nothing(cli, monkeypatch, tmp_path):
+    import bench.profile
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    first = _profile(cli, "csr-d2s/table-iii", "--no-flops")
+
+    def no_build(*a, **k):
+        raise AssertionError("profile_table ran: the second call should be served from the cache")
+
+    monkeypatch.setattr(bench.profile, "profile_table", no_build)
+    assert _profile(cli, "csr-d2s/table-iii", "--no-flops") == first
