@@ -264,7 +264,11 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
         raise EvalError(f"{where}: no key of the checkpoint fits the model: refused")
     phases["setup"] = time.time() - t0
     t = time.time()
-    probe = SpeedProbe(model, spec.scale_cfg["speed_images"]) if cfg.test_dataloader.get("batch_size", 1) == 1 else None
+    n_speed = spec.scale_cfg["speed_images"]
+    if kept is not None:  # --limit: time only the images evaluated (3 warm-up), never a separate pass
+        n_speed = min(n_speed, max(0, kept - 3))
+    probe = (SpeedProbe(model, n_speed) if cfg.test_dataloader.get("batch_size", 1) == 1 and n_speed > 0
+             else None)
     try:
         metrics = runner.test()
     finally:
@@ -292,8 +296,13 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
     if gflops is None:
         notes["gflops"] = flops_note
     fps, proto = probe.result() if probe is not None else (None, "")
-    if fps is None:
+    if fps is None and kept is None:
         fps, proto = measure_speed(model, runner.test_dataloader, spec.scale_cfg["speed_images"])
+    elif fps is None:
+        notes["fps"] = (f"--limit {limit}: too few images to time (3 warm-up + at least 1)" if n_speed == 0
+                        else f"--limit {limit}: {proto}")
+    elif kept is not None:
+        notes["fps"] = f"--limit {limit}: timed on {n_speed} of the {kept} evaluated image(s) after 3 warm-up"
     if fps is not None:
         measured["fps"] = round(fps, 2)
         measured["latency_ms"] = round(1000 / fps, 1)

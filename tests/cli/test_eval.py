@@ -104,6 +104,8 @@ def test_allow_partial_loads_and_says_what_it_skipped(trained, tmp_path):
     assert any(key in s for s in ev.checkpoint["skipped"]) and ev.checkpoint["allow_partial"] == ["roi_head.mask_head."]
     assert ev.measurement.eval_limit == 2 and ev.measurement.eval_images == 2
     assert "never comparable" in ev.measured_notes["mask_AP"]
+    # 2 images cannot be timed (3 warm-up first), and no separate pass over the whole split is made
+    assert "fps" not in ev.measured and "too few images to time" in ev.measured_notes["fps"]
 
 
 def test_a_row_that_cannot_run_is_refused_with_its_status(trained):
