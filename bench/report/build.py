@@ -9,7 +9,11 @@ Layout under the reports folder (``reports/`` at the repository root, ``$BENCH_R
     <scale>/<paper>/<table>.{csv,md,tex}    its exports
     <scale>/<paper>/<table>.summary.json    its line on the index (so reporting one table keeps the others)
 
-Smoke and paper reports live apart, so a smoke report never overwrites a paper one.
+    <scale>/<paper>/<table>.render.json     its content hashes (page, exports, figures: bench.report.cache)
+    <scale>/.render-cache/                  figures by content hash, audits by input key, the index's hash
+
+Smoke and paper reports live apart, so a smoke report never overwrites a paper one. A page whose content
+hash is unchanged is not written again, nor are its figures and exports (``bench.report.cache``).
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ class ReportOutput:
     exports: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     views: list[TableView] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)   # pages, figures and exports this render (re)wrote
+    drawn: int = 0                                       # figures drawn (not copied from the figure store)
 
 
 def _table_paths(root: Path, table: Table) -> tuple[Path, Path]:
@@ -58,48 +64,68 @@ def _write(path: Path, content: str) -> Path:
     return path
 
 
-def write_exports(view: TableView, base: Path, formats: Sequence[str]) -> dict[str, Path]:
+def _record_path(root: Path, table: Table) -> Path:
+    return root / table.paper.slug / f"{table.table}.render.json"
+
+
+def write_exports(view: TableView, base: Path, formats: Sequence[str], records: Optional[list] = None,
+                  keys: Optional[dict[str, str]] = None, done: Optional[dict] = None,
+                  written: Optional[list] = None) -> dict[str, Path]:
+    """The table's exports. ``keys``/``done``: each format's content hash and the one its file was last
+    written with (an export whose hash is unchanged and whose file exists is not rewritten)."""
     from bench.report import export
 
     out: dict[str, Path] = {}
-    frame = export.report_frame([view]) if {"csv", "md"} & set(formats) else None
+    frame = None
     title = f"{view.table.name} ({view.scale} scale)"
     for fmt in formats:
         path = base.with_suffix("." + EXPORT_SUFFIXES[fmt])
+        out[fmt] = path
+        if keys is not None and done is not None and done.get(fmt) == keys[fmt] and path.exists():
+            continue
+        if frame is None and fmt in ("csv", "md"):
+            frame = export.report_frame([view], records)
         if fmt == "csv":
-            out[fmt] = _write(path, export.to_csv(frame))
+            _write(path, export.to_csv(frame))
         elif fmt == "md":
-            out[fmt] = _write(path, f"# {export.markdown_cell(title)}\n\n" + export.table_markdown(view)
-                              + "\n## All fields\n\n" + export.to_markdown(frame))
+            _write(path, f"# {export.markdown_cell(title)}\n\n" + export.table_markdown(view)
+                   + "\n## All fields\n\n" + export.to_markdown(frame))
         else:
-            out[fmt] = _write(path, export.to_latex(view))
+            _write(path, export.to_latex(view))
+        if written is not None:
+            written.append(path)
     return out
 
 
-def draw_figures(jobs: Sequence[tuple[TableView, Path]], workers: int) -> list[list]:
-    """Each table's figures (``plots.write_plots``), in worker processes when there are several tables.
-
-    Drawing dominates a report's time (matplotlib is single-threaded); tables are independent."""
-    from bench.report.plots import write_plots
-
+def _pool_map(fn, jobs: Sequence[tuple], workers: int) -> list:
     workers = min(workers, len(jobs))
     if workers <= 1:
-        return [write_plots(view, folder) for view, folder in jobs]
+        return [fn(*job) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(write_plots, [v for v, _ in jobs], [f for _, f in jobs]))
+        return list(pool.map(fn, *zip(*jobs)))
+
+
+def draw_figures(jobs: Sequence[tuple], workers: int) -> list[list]:
+    """Each table's figures (``plots.write_plots``: (view or PlotData, folder[, figure store]) per table),
+    in worker processes when there are several tables.
+
+    Drawing dominates a cold report's time (matplotlib is single-threaded); tables are independent."""
+    from bench.report.plots import write_plots
+
+    return _pool_map(write_plots, list(jobs), workers)
 
 
 def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: Path, result: ReportOutput,
-                catalogue: Optional[Catalogue] = None) -> None:
+                catalogue: Optional[Catalogue] = None, audit=None) -> None:
     from bench.report import html as pages
 
     page, _ = _table_paths(index.parent, view.table)
-    result.figures += [p for plot in plots for p in plot.files.values()]
-    audit = pages.page_audit(view.table, catalogue)
+    audit = audit if audit is not None else pages.page_audit(view.table, catalogue)
     result.pages.append(_write(page, pages.render_table_page(view, plots, page, exports, index, catalogue, audit)))
+    result.written.append(page)
     summary = pages.summary_of(view, page, index.parent, audit)
     _write(page.with_suffix(".summary.json"), json.dumps(asdict(summary), indent=1))
 
@@ -122,36 +148,117 @@ def _summaries(root: Path, catalogue: Catalogue) -> list:
 
 def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: Optional[Path] = None, *,
                  catalogue: Catalogue, html: bool = True, formats: Sequence[str] = ("csv", "md", "latex"),
-                 extra_roots: Sequence[Path] = (), workers: int = 1) -> ReportOutput:
+                 extra_roots: Sequence[Path] = (), workers: int = 1, cache: bool = True) -> ReportOutput:
     """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``).
 
     ``workers`` > 1 draws the figures of several tables in that many spawned processes; a script calling
-    this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (multiprocessing's rule)."""
+    this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (multiprocessing's rule).
+    ``cache`` False renders and writes everything (what a cached render's output always equals)."""
+    from bench.report import cache as rc
     from bench.report import export
 
     root = Path(out or default_reports_dir()) / scale
     gathered = gather(list(tables) + baseline_tables(tables, catalogue), scale, results_root, extra_roots)
     result = ReportOutput(root=root, problems=list(gathered.problems))
     index = root / "index.html"
-    result.views = [build_table_view(t, gathered, catalogue) for t in tables]
-    exports = [write_exports(v, _table_paths(root, v.table)[0].with_suffix(""), formats) for v in result.views]
+    result.views = views = [build_table_view(t, gathered, catalogue) for t in tables]
+    code = rc.render_code_key() if cache else ""
+    view_keys = [rc.digest("view", code, v) if cache else None for v in views]
+    old = [rc.read_record(_record_path(root, v.table)) if cache else {} for v in views]
+    new = [{"view": k} for k in view_keys]
+    records = [[export.row_record(v, rv) for rv in v.rows] for v in views]   # one frame line per row, once
+    exports = []
+    for v, vk, rec, was, now in zip(views, view_keys, records, old, new, strict=True):
+        keys = {fmt: rc.digest("export", fmt, vk) for fmt in formats} if cache else None
+        exports.append(write_exports(v, _table_paths(root, v.table)[0].with_suffix(""), formats, rec, keys,
+                                     was.get("exports") or {}, result.written))
+        now["exports"] = keys or {}
     result.exports += [path for e in exports for path in e.values()]
     if html:
-        figures = draw_figures([(v, _table_paths(root, v.table)[1]) for v in result.views], workers)
-        for view, plots, table_exports in zip(result.views, figures, exports, strict=True):
-            _write_page(view, plots, table_exports, index, result, catalogue)
+        _pages(views, view_keys, exports, old, new, index, result, catalogue, workers, cache)
+    for v, was, now in zip(views, old, new, strict=True):
+        if cache and now != {k: was.get(k) for k in now}:   # what this render did not redo keeps its hash
+            rc.write_record(_record_path(root, v.table), {k: w for k, w in was.items() if k != "version"} | now)
     combined = {}
     if {"csv", "md"} & set(formats):
-        frame = export.report_frame(result.views)
-        if "csv" in formats:
-            combined["csv"] = _write(root / "report.csv", export.to_csv(frame))
-        if "md" in formats:
-            combined["md"] = _write(root / "report.md", export.to_markdown(frame, f"bench report ({scale} scale)"))
+        state = rc.read_record(rc.cache_dir(root) / "combined.json") if cache else {}
+        keys = {fmt: rc.digest("combined", fmt, scale, view_keys) for fmt in ("csv", "md")}
+        frame = None
+        for fmt, path in (("csv", root / "report.csv"), ("md", root / "report.md")):
+            if fmt not in formats:
+                continue
+            combined[fmt] = path
+            if cache and state.get(fmt) == keys[fmt] and path.exists():
+                continue
+            if frame is None:
+                frame = export.report_frame(views, [r for rec in records for r in rec])
+            _write(path, export.to_csv(frame) if fmt == "csv"
+                   else export.to_markdown(frame, f"bench report ({scale} scale)"))
+            result.written.append(path)
+            state[fmt] = keys[fmt]
+        if cache:
+            state.pop("version", None)
+            rc.write_record(rc.cache_dir(root) / "combined.json", state)
         result.exports += combined.values()
     if html:
         from bench.report import html as pages
 
         own = [p for p in result.problems if any(f"/{t.name}/" in p for t in tables)]
         links = {fmt: pages.href(path, root) for fmt, path in combined.items()}
-        result.index = _write(index, pages.render_index(_summaries(root, catalogue), scale, own, links))
+        summaries = _summaries(root, catalogue)
+        key = rc.digest("index", code, scale, summaries, own, links) if cache else None
+        state = rc.read_record(rc.cache_dir(root) / "index.json") if cache else {}
+        if cache and state.get("key") == key and index.exists():
+            result.index = index
+        else:
+            result.index = _write(index, pages.render_index(summaries, scale, own, links))
+            result.written.append(index)
+            if cache:
+                rc.write_record(rc.cache_dir(root) / "index.json", {"key": key})
     return result
+
+
+def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path]], old: list[dict],
+           new: list[dict], index: Path, result: ReportOutput, catalogue: Optional[Catalogue], workers: int,
+           cache: bool) -> None:
+    """Each table's page and figures: only those whose content hash changed are drawn and written."""
+    from bench.report import cache as rc
+    from bench.report import html as pages
+    from bench.report.plots import FIGURES, figure_key, plot_data
+
+    root = index.parent
+    store = rc.cache_dir(root) / "figures" if cache else None
+    akey = rc.audit_key(catalogue) if cache else None
+    datas = [plot_data(v) for v in views]
+    fig_keys = [{name: figure_key(name, d) for name in FIGURES} if cache else {} for d in datas]
+    audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache else pages.page_audit(v.table, catalogue)
+              for v in views]
+    stale = []
+    for i, (v, vk, ex, was, now) in enumerate(zip(views, view_keys, exports, old, new, strict=True)):
+        page, folder = _table_paths(root, v.table)
+        if not cache:
+            stale.append(i)
+            continue
+        links = {fmt: pages.href(p, page.parent) for fmt, p in ex.items()}
+        now["page"] = rc.digest("page", vk, audits[i], links, pages.href(index, page.parent), str(page.resolve()),
+                                fig_keys[i])
+        files = [root / f for f in was.get("files") or []]
+        if was.get("page") == now["page"] and page.exists() and page.with_suffix(".summary.json").exists() \
+                and all(f.exists() for f in files):
+            now["files"] = was.get("files")
+            result.pages.append(page)
+            result.figures += files
+        else:
+            stale.append(i)
+    drawn = draw_figures([(datas[i], _table_paths(root, views[i].table)[1], store) for i in stale], workers)
+    for i, plots in zip(stale, drawn, strict=True):
+        v = views[i]
+        result.figures += [p for plot in plots for p in plot.files.values()]
+        result.drawn += sum(plot.drawn for plot in plots)
+        result.written += [p for plot in plots if plot.drawn for p in plot.files.values()]
+        _write_page(v, plots, exports[i], index, result, catalogue, audits[i])
+        if cache:
+            shown = {plot.name for plot in plots}
+            failed = [n for n in FIGURES if n not in shown and not (store / f"{fig_keys[i][n]}.none").exists()]
+            new[i]["page"] = None if failed else new[i]["page"]   # a figure that failed is tried again next time
+            new[i]["files"] = [p.relative_to(root).as_posix() for plot in plots for p in plot.files.values()]

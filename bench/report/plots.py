@@ -9,12 +9,12 @@ A smoke-scale figure carries ``SMOKE_BANNER`` in its title.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-from bench.report.frame import ClaimView, TableView
-from bench.report.rules import SMOKE_BANNER, primary_metric, tolerance_for
+from bench.report.frame import TableView
+from bench.report.rules import SMOKE_BANNER, Tolerance, primary_metric, tolerance_for
 from bench.vocab import AP_METRICS, METRICS
 
 if TYPE_CHECKING:
@@ -40,6 +40,73 @@ class Plot:
     title: str
     caption: str
     files: dict[str, Path]     # format -> path
+    drawn: bool = True         # drawn by this render (False: copied from the figure store)
+
+
+# ------------------------------------------------------------------------------------ what a figure plots
+@dataclass(frozen=True)
+class PlotCell:
+    published: Optional[float]
+    measured: Optional[float]          # the mean over seeds
+
+
+@dataclass(frozen=True)
+class PlotRow:
+    position: int
+    label: str
+    cells: dict[str, PlotCell]
+
+
+@dataclass(frozen=True)
+class PlotClaimMetric:
+    metric: str
+    published_delta: Optional[float]
+    measured_delta: Optional[float]
+    lo: Optional[float]
+    hi: Optional[float]
+
+
+@dataclass(frozen=True)
+class PlotClaim:
+    position: int
+    metrics: tuple[PlotClaimMetric, ...]
+
+
+@dataclass(frozen=True)
+class PlotData:
+    """Everything the figures of a table read, and nothing else: its hash is the figures' content hash
+    (``bench.report.cache``), so two tables or two renders with the same data share one drawing."""
+
+    slug: str
+    number: str
+    smoke: bool
+    metric_keys: tuple[str, ...]
+    tolerances: dict[str, Tolerance]   # the table's tolerance per metric column (the band of the figures)
+    rows: tuple[PlotRow, ...]
+    claims: tuple[PlotClaim, ...]
+    table: str = field(default="", compare=False)   # for messages only: not part of the content
+
+
+def plot_data(view: TableView) -> PlotData:
+    keys = tuple(view.metric_keys)
+    rows = tuple(PlotRow(rv.row.position, rv.row.label,
+                         {k: PlotCell(c.published, c.measured.mean if c.measured is not None else None)
+                          for k, c in rv.cells.items()}) for rv in view.rows)
+    claims = tuple(PlotClaim(c.row.row.position, tuple(PlotClaimMetric(m.metric, m.published_delta, m.measured_delta,
+                                                                       m.lo, m.hi) for m in c.metrics))
+                   for c in view.claims)
+    return PlotData(view.table.paper.slug, view.table.number, view.smoke, keys,
+                    {k: tolerance_for(k, None, view.table) for k in keys}, rows, claims, view.table.name)
+
+
+def figure_key(name: str, data: PlotData) -> str:
+    """The content hash of one figure: its kind, what it plots, bench's code and the drawing libraries."""
+    import dataclasses
+
+    from bench.report.cache import digest, render_code_key
+
+    return digest("figure", name, render_code_key(), {f.name: getattr(data, f.name) for f in dataclasses.fields(data)
+                                                if f.name != "table"})
 
 
 @dataclass(frozen=True)
@@ -73,13 +140,12 @@ def _figure(n_panels: int, layout: Layout, title_lines: int) -> tuple["Figure", 
     return fig, axes
 
 
-def _title_lines(view: TableView) -> int:
+def _title_lines(view: PlotData) -> int:
     return 2 if view.smoke else 1
 
 
-def _title(fig: "Figure", view: TableView, what: str) -> str:
-    t = view.table
-    title = f"{t.paper.slug} Table {_plain(t.number)}: {what}"
+def _title(fig: "Figure", view: PlotData, what: str) -> str:
+    title = f"{view.slug} Table {_plain(view.number)}: {what}"
     if view.smoke:
         title = f"{SMOKE_BANNER}\n{title}"
     fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", color=SMOKE_COLOUR if view.smoke else "black",
@@ -103,9 +169,9 @@ def _short(label: str, n: int = 18) -> str:
 Point = tuple[int, float, float]   # (row position, published, measured)
 
 
-def _pairs(view: TableView) -> dict[str, list[Point]]:
+def _pairs(view: PlotData) -> dict[str, list[Point]]:
     """Per metric column, the rows that have both a published and a measured value."""
-    out = {key: [(rv.row.position, c.published, c.measured.mean) for rv in view.rows for c in [rv.cells[key]]
+    out = {key: [(rv.position, c.published, c.measured) for rv in view.rows for c in [rv.cells[key]]
                  if c.published is not None and c.measured is not None] for key in view.metric_keys}
     return {k: pts for k, pts in out.items() if pts}
 
@@ -116,13 +182,13 @@ def _panels(keys: list[str]) -> list[list[str]]:
     return ([ap] if ap else []) + [[k] for k in keys if k not in AP_METRICS]
 
 
-def _identity_panel(ax: "Axes", view: TableView, keys: list[str], pairs: dict[str, list[Point]]) -> None:
+def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str, list[Point]]) -> None:
     values = [v for k in keys for _, x, y in pairs[k] for v in (x, y)]
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.5)
     lo, hi = lo - pad, hi + pad
     if not view.smoke:  # smoke cells are not compared: no band to fall in
-        tol = tolerance_for(keys[0], None, view.table)
+        tol = view.tolerances[keys[0]]
         ax.fill_between([lo, hi], [lo - tol.band(lo), hi - tol.band(hi)], [lo + tol.band(lo), hi + tol.band(hi)],
                         color="#2e7d32", alpha=0.12, lw=0, label=f"tolerance {tol.describe()}")
     ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--", label="y = x")
@@ -143,7 +209,7 @@ def _identity_panel(ax: "Axes", view: TableView, keys: list[str], pairs: dict[st
     ax.legend(loc="upper left", fontsize=6.5, frameon=False, ncol=2 if len(keys) > 4 else 1)
 
 
-def published_vs_measured(view: TableView) -> Optional["Figure"]:
+def published_vs_measured(view: PlotData) -> Optional["Figure"]:
     pairs = _pairs(view)
     if not pairs:
         return None
@@ -155,14 +221,14 @@ def published_vs_measured(view: TableView) -> Optional["Figure"]:
     return fig
 
 
-def _speed_keys(view: TableView) -> Optional[tuple[str, str]]:
+def _speed_keys(view: PlotData) -> Optional[tuple[str, str]]:
     keys = view.metric_keys
     speed = next((k for k in ("fps", "latency_ms") if k in keys), None)
     accuracy = next((k for k in ("mask_AP", "box_AP") if k in keys), None)
     return (speed, accuracy) if speed and accuracy else None
 
 
-def speed_accuracy(view: TableView) -> Optional["Figure"]:
+def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     keys = _speed_keys(view)
     if keys is None:
         return None
@@ -172,13 +238,13 @@ def speed_accuracy(view: TableView) -> Optional["Figure"]:
     for rv in view.rows:
         s, a = rv.cells[speed], rv.cells[accuracy]
         pub = (s.published, a.published) if s.published is not None and a.published is not None else None
-        meas = (s.measured.mean, a.measured.mean) if s.measured and a.measured else None
+        meas = (s.measured, a.measured) if s.measured is not None and a.measured is not None else None
         if pub:
             ax.scatter(*pub, s=30, color=PUBLISHED_COLOUR, zorder=3)
-            ax.annotate(_short(rv.row.label, 24), pub, textcoords="offset points", xytext=(5, 3), fontsize=7)
+            ax.annotate(_short(rv.label, 24), pub, textcoords="offset points", xytext=(5, 3), fontsize=7)
         if meas:
             ax.scatter(*meas, s=30, facecolors="none", edgecolors=MEASURED_COLOUR, zorder=3)
-            ax.annotate(str(rv.row.position), meas, textcoords="offset points", xytext=(5, -9), fontsize=7,
+            ax.annotate(str(rv.position), meas, textcoords="offset points", xytext=(5, -9), fontsize=7,
                         color=MEASURED_COLOUR)
         if pub and meas:
             ax.plot([pub[0], meas[0]], [pub[1], meas[1]], color="#bbbbbb", lw=0.7, ls=":")
@@ -197,11 +263,11 @@ def speed_accuracy(view: TableView) -> Optional["Figure"]:
     return fig
 
 
-def _claim_panel(ax: "Axes", claims: list[ClaimView], key: str) -> None:
+def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> None:
     labels, pub, meas, below, above, missing = [], [], [], [], [], []
     for i, c in enumerate(claims):
         m = next((m for m in c.metrics if m.metric == key), None)
-        labels.append(str(c.row.row.position))
+        labels.append(str(c.position))
         pub.append(m.published_delta if m and m.published_delta is not None else 0.0)
         measured = m is not None and m.measured_delta is not None
         meas.append(m.measured_delta if measured else 0.0)
@@ -226,7 +292,7 @@ def _claim_panel(ax: "Axes", claims: list[ClaimView], key: str) -> None:
     ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline")
 
 
-def ablation_deltas(view: TableView) -> Optional["Figure"]:
+def ablation_deltas(view: PlotData) -> Optional["Figure"]:
     claims = [c for c in view.claims if c.metrics]
     compared = [k for k in view.metric_keys if any(m.metric == k for c in claims for m in c.metrics)]
     primary = primary_metric([k for k in compared if k in AP_METRICS])
@@ -245,7 +311,7 @@ def ablation_deltas(view: TableView) -> Optional["Figure"]:
 
 
 # ------------------------------------------------------------------------------------ writing
-FIGURES: dict[str, tuple[str, str, Callable[[TableView], Optional["Figure"]]]] = {
+FIGURES: dict[str, tuple[str, str, Callable[[PlotData], Optional["Figure"]]]] = {
     "published-vs-measured": ("Published vs measured",
                               "Each point is a row's cell (numbers: row #, on the first series); COCO AP columns "
                               "share a panel; the shaded band is the default tolerance.",
@@ -260,37 +326,74 @@ FIGURES: dict[str, tuple[str, str, Callable[[TableView], Optional["Figure"]]]] =
 }
 
 
-def write_plots(view: TableView, out_dir: Path) -> list[Plot]:
-    """Draw every figure that has data and save it as PNG and SVG under ``out_dir``."""
+def _not_drawn(table: str, name: str, e: Exception) -> None:
+    import sys
+
+    print(f"bench report: {table}: figure {name!r} not drawn: {type(e).__name__}: "
+          f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+
+
+def _draw(name: str, draw, data: PlotData, files: dict[str, Path]) -> str:
+    """Draw one figure into ``files`` (each written atomically): 'drawn', 'no data' or 'failed' (said on stderr)."""
+    import os
+
     import matplotlib
 
+    with matplotlib.rc_context(STYLE):
+        try:
+            fig = draw(data)
+        except (ValueError, OverflowError, RuntimeError) as e:  # data matplotlib cannot draw: no figure
+            _not_drawn(data.table, name, e)
+            return "failed"
+        if fig is None:
+            return "no data"
+        tmps = {fmt: path.with_name(f".{path.name}.{os.getpid()}.tmp") for fmt, path in files.items()}
+        try:
+            for fmt, tmp in tmps.items():
+                fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+        except (ValueError, OverflowError, RuntimeError) as e:
+            _not_drawn(data.table, name, e)
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
+            return "failed"
+    for fmt, tmp in tmps.items():
+        os.replace(tmp, files[fmt])
+    return "drawn"
+
+
+def write_plots(view: Union[TableView, PlotData], out_dir: Path, store: Optional[Path] = None) -> list[Plot]:
+    """Draw every figure that has data and save it as PNG and SVG under ``out_dir``.
+
+    ``store``: the figure store (``bench.report.cache``): a figure whose content hash is there is copied
+    from it, not drawn; one drawn is added to it. Figures with no data leave no file behind."""
+    from bench.report.cache import copy_atomic
+
+    data = plot_data(view) if isinstance(view, TableView) else view
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
-    with matplotlib.rc_context(STYLE):
-        for name, (title, caption, draw) in FIGURES.items():
-            try:
-                fig = draw(view)
-            except (ValueError, OverflowError, RuntimeError) as e:  # data matplotlib cannot draw: no figure
-                import sys
-
-                print(f"bench report: {view.table.name}: figure {name!r} not drawn: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-                fig = None
-            if fig is None:
-                for fmt in FORMATS:
-                    (out_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # no stale figure from an earlier report
-                continue
-            files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
-            try:
-                for fmt, path in files.items():
-                    fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
-            except (ValueError, OverflowError, RuntimeError) as e:
-                import sys
-
-                print(f"bench report: {view.table.name}: figure {name!r} not drawn: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-                for path in files.values():
-                    path.unlink(missing_ok=True)
-                continue
-            plots.append(Plot(name, title, caption, files))
+    for name, (title, caption, draw) in FIGURES.items():
+        files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
+        key = figure_key(name, data) if store is not None else None
+        stored = {fmt: store / f"{key}.{fmt}" for fmt in FORMATS} if store is not None else {}
+        if store is not None and (store / f"{key}.none").exists():
+            outcome = "no data"
+        elif store is not None and all(p.exists() for p in stored.values()):
+            for fmt, src in stored.items():
+                if not files[fmt].exists() or files[fmt].read_bytes() != src.read_bytes():
+                    copy_atomic(src, files[fmt])
+            plots.append(Plot(name, title, caption, files, drawn=False))
+            continue
+        else:
+            outcome = _draw(name, draw, data, files)
+            if outcome == "no data" and store is not None:
+                store.mkdir(parents=True, exist_ok=True)
+                (store / f"{key}.none").touch()   # a failure is not kept: the next render tries (and says) again
+        if outcome != "drawn":
+            for path in files.values():
+                path.unlink(missing_ok=True)  # no stale figure from an earlier report
+            continue
+        if store is not None:
+            for fmt, path in files.items():
+                copy_atomic(path, stored[fmt])
+        plots.append(Plot(name, title, caption, files))
     return plots

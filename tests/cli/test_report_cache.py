@@ -1,0 +1,134 @@
+"""The report's render cache (bench/report/cache.py): a render redraws only what its inputs changed, and
+what it writes is byte for byte what a render without the cache writes.
+
+The result files are TEST FIXTURES (device 'test fixture', invented numbers), written with the real schema
+into tmp folders; the recipes, pages, figures (matplotlib) and exports are the real ones.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.recipes import Catalogue
+from bench.report import export
+from bench.report.build import write_report
+from tests.cli.test_report import fixture_result, put
+
+TABLES = ("csr-d2s/table-ii", "csr-d2s/table-iii")
+AP = {"csr-d2s/table-ii": {"baseline-fpn": 34.3, "csr": 35.3, "d2s": 33.5, "csr-d2s": 34.5},
+      "csr-d2s/table-iii": {"csr-128": 34.0, "csr-256": 34.6, "csr-512": 34.9}}
+OLD = 1_000_000_000  # an mtime long past: a file this render rewrites gets a new one
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    import bench.report.html as pages
+
+    monkeypatch.setattr(pages, "now", lambda: "2026-01-01T00:00:00+00:00")  # pages print when they were written
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))               # no profile cache: audits say so
+    results = tmp_path / "results"
+    for table, rows in AP.items():
+        for row, ap in rows.items():
+            put(results, fixture_result(table, row, scale="paper", measured={"mask_AP": ap, "fps": 19.0}),
+                scale="paper")
+    cat = Catalogue()
+    tables = [cat.load(n) for n in TABLES]
+
+    def render(out: Path, cache: bool = True):
+        return write_report(tables, "paper", results, out, catalogue=cat, cache=cache)
+
+    return render, results, tmp_path
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """The report's output files (not the cache's own records)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".render-cache" not in p.parts and not p.name.endswith(".render.json")}
+
+
+def _age(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(OLD, OLD))
+
+
+def _touched(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_file() and p.stat().st_mtime_ns != OLD and ".render-cache" not in p.parts
+            and not p.name.endswith(".render.json")}
+
+
+def test_second_render_rewrites_nothing_and_a_change_redraws_only_its_table(setup):
+    render, results, tmp = setup
+    out = tmp / "reports"
+    first = render(out)
+    root = out / "paper"
+    figures = {p.relative_to(root).as_posix() for p in first.figures}
+    assert 2 * first.drawn == len(figures) > 0 and len(first.pages) == 2  # PNG and SVG per figure
+    assert any(f.startswith("csr-d2s/table-iii/") for f in figures)
+
+    _age(root)
+    again = render(out)
+    assert again.written == [] and again.drawn == 0
+    assert _touched(root) == set()
+    assert [p.name for p in again.pages] == [p.name for p in first.pages] and again.figures == first.figures
+
+    # one result of table-ii changes: its page, its figures and its exports (and the combined ones), no more
+    put(results, fixture_result(TABLES[0], "csr", scale="paper", measured={"mask_AP": 36.1, "fps": 19.0}),
+        scale="paper")
+    changed = render(out)
+    ii_figures = {f for f in figures if f.startswith("csr-d2s/table-ii/")}
+    assert {p.relative_to(root).as_posix() for p in changed.written if p.suffix == ".html"} == {"csr-d2s/table-ii.html"}
+    assert 2 * changed.drawn == len(ii_figures)
+    touched = _touched(root)
+    assert {t for t in touched if t.endswith((".png", ".svg"))} == ii_figures
+    assert not any(t.startswith("csr-d2s/table-iii") for t in touched)
+    assert {"csr-d2s/table-ii.html", "csr-d2s/table-ii.csv", "csr-d2s/table-ii.md", "csr-d2s/table-ii.tex",
+            "report.csv", "report.md"} <= touched
+
+    # the cached output equals a render without the cache, byte for byte
+    fresh = tmp / "fresh"
+    render(fresh, cache=False)
+    assert _files(root) == _files(fresh / "paper")
+
+    # back to the first numbers: the page is written again, its figures come from the figure store
+    put(results, fixture_result(TABLES[0], "csr", scale="paper", measured={"mask_AP": 35.3, "fps": 19.0}),
+        scale="paper")
+    back = render(out)
+    assert back.drawn == 0 and any(p.name == "table-ii.html" for p in back.written)
+    fresh2 = tmp / "fresh2"
+    render(fresh2, cache=False)
+    assert _files(root) == _files(fresh2 / "paper")
+
+
+def test_lost_or_edited_output_is_rewritten(setup):
+    render, _, tmp = setup
+    out = tmp / "reports"
+    first = render(out)
+    root = out / "paper"
+    page = root / "csr-d2s" / "table-iii.html"
+    figure = next(p for p in first.figures if "table-iii" in p.as_posix() and p.suffix == ".png")
+    page.unlink()
+    figure.unlink()
+    (root / ".render-cache" / "audit" / "csr-d2s" / "table-ii.json").write_text("{torn")
+    again = render(out)
+    assert page in again.written and page.exists() and figure.exists() and again.drawn == 0
+    fresh = tmp / "fresh"
+    render(fresh, cache=False)
+    assert _files(root) == _files(fresh / "paper")
+
+
+def test_text_cells_mapped_a_column_at_a_time_equal_the_cell_by_cell_map():
+    hostile = ["=HYPERLINK(1)", "+1", "-x", "@a", "a|b\nc\td", "\x00\u202eexe", "<b>[x](y)</b> `c` \\", "", "ok"]
+    df = pd.DataFrame({"text": hostile, "mixed": [None, True, 1.5, "=1", "x\x1b", 3, False, None, "|"],
+                       "num": [float(i) for i in range(9)], "none": [None] * 9, "int": list(range(9))})
+    assert export._map_text(df, export._CSV_TABLE, formula_quote=True).to_csv(index=False) \
+        == df.map(export.csv_cell).to_csv(index=False)
+    shown = df.astype(object).where(df.notna(), "")
+    mapped, by_cell = export._map_text(shown, export._MD_TABLE), shown.map(export.markdown_cell)
+    assert mapped.values.tolist() == by_cell.values.tolist()
+    assert mapped.to_markdown(index=False) == by_cell.to_markdown(index=False)
+    assert export.to_csv(df) == df.map(export.csv_cell).to_csv(index=False)
