@@ -232,50 +232,84 @@ def _iou_index(m: Matches, suffix: str) -> np.ndarray:
     return hit
 
 
-def bootstrap_ap(m: Matches, weights: np.ndarray, suffix: str = "AP", chunk_elems: int = 1 << 24) -> np.ndarray:
-    """AP (in %) of the evaluation under each row of image ``weights`` (B, I): what COCOeval's
-    ``stats`` would give on the image multiset those counts describe. All-ones weights give COCOeval's
-    own AP. A category counts in a resample only if it has a non-ignored ground truth there."""
+def ap_per_threshold(m: Matches, weights: np.ndarray, exact: bool = True,
+                     chunk_elems: int = 1 << 23) -> np.ndarray:
+    """(B, T): for each row of image ``weights`` (B, I), the mean over categories of COCO's AP at each
+    IoU threshold, in %; NaN where no category has a ground truth. The mean over T is COCO's AP,
+    one column its AP50 or AP75.
+
+    COCOeval's accumulate, restated so that it costs little per resample: recall rises only at a true
+    positive, and the precision envelope's maximum always lies at one, so only the true positives'
+    precisions are needed: (cumulative true-positive weight) / (cumulative weight of the non-ignored
+    detections before it). A detection's weight is its image's count in the resample.
+
+    ``exact``: float64 and pycocotools' own threshold search (all-ones weights give COCOeval's numbers to
+    the last bit); otherwise float32, for resamples (the weights are integer counts, so the cumulative
+    sums stay exact; only the division rounds, at 1e-7 relative)."""
     weights = np.atleast_2d(np.asarray(weights, np.float64))
-    B = weights.shape[0]
-    tsel = _iou_index(m, suffix)
-    bits = (1 << tsel.astype(np.uint32)).astype(np.uint32)
+    B, T = weights.shape[0], m.iou_thrs.size
+    dt = np.float64 if exact else np.float32
+    eps = np.spacing(dt(1))
+    bits = (1 << np.arange(T, dtype=np.uint32)).astype(np.uint32)
     R = REC_THRS.size
-    total = np.zeros((B, tsel.size))
-    counted = np.zeros((B, tsel.size))
+    total = np.zeros((B, T))
+    counted = np.zeros(B)
     starts = np.searchsorted(m.det_cat, np.arange(m.n_cats + 1))
+    wdt = weights.astype(dt)
+
+    def n_below(rc: np.ndarray) -> np.ndarray:
+        """How many recall thresholds are <= each recall."""
+        if exact:
+            return np.searchsorted(REC_THRS, rc.ravel(), side="right").reshape(rc.shape)
+        n = np.floor(rc * (R - 1) + 1e-4).astype(np.int32) + 1   # thresholds are i/100
+        return np.clip(n, 0, R, out=n)
+
     for k in range(m.n_cats):
         g = m.gt_cat == k
-        npig = weights[:, m.gt_img[g]] @ m.gt_n[g].astype(np.float64) if g.any() else np.zeros(B)
+        if not g.any():
+            continue
+        npig = weights[:, m.gt_img[g]] @ m.gt_n[g].astype(np.float64)
         valid = npig > 0
         if not valid.any():
             continue
+        counted += valid
         lo, hi = starts[k], starts[k + 1]
-        counted[valid] += 1
-        if hi == lo:  # a category with ground truths and no detections: AP 0
-            continue
-        img = m.det_img[lo:hi]
-        ig = (m.det_ig[lo:hi, None] & bits) > 0                       # (D, T)
-        matched = (m.det_tp[lo:hi, None] & bits) > 0
-        tp, fp = matched & ~ig, ~matched & ~ig
-        D = hi - lo
-        step = max(1, chunk_elems // max(1, D * tsel.size))
+        ig = (m.det_ig[lo:hi, None] & bits) > 0                        # (D, T)
+        tp = ((m.det_tp[lo:hi, None] & bits) > 0) & ~ig
+        if not tp.any():
+            continue                                                   # AP 0 at every threshold
+        # detections after the category's last true positive change no AP in any resample: dropped
+        last = int(np.flatnonzero(tp.any(axis=1))[-1]) + 1
+        tp, ig, img = tp[:last], ig[:last], m.det_img[lo:lo + last]
+        same_ig = bool((ig == ig[:, :1]).all())
+        positions = [np.flatnonzero(tp[:, t]) for t in range(T)]
+        step = max(1, chunk_elems // max(1, last))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            w = weights[b0:b1, img][:, :, None]                       # (b, D, 1)
-            tps = np.cumsum(w * tp[None], axis=1)
-            fps = np.cumsum(w * fp[None], axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rc = tps / npig[b0:b1, None, None]
-            pr = tps / (tps + fps + np.spacing(1))
-            env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            n = np.searchsorted(REC_THRS, np.nan_to_num(rc, nan=-1.0).ravel(), side="right").reshape(rc.shape)
-            cnt = np.diff(n, axis=1, prepend=0)
-            ap = (env * cnt).sum(axis=1) / R                          # (b, T)
-            ok = valid[b0:b1]
-            total[b0:b1][ok] += ap[ok]
-    with np.errstate(invalid="ignore"):
-        return 100.0 * total.sum(1) / counted.sum(1)
+            w = wdt[b0:b1][:, img]                                     # (b, D)
+            denom = npig[b0:b1, None].astype(dt)
+            ni_all = np.cumsum(w * ~ig[:, 0], axis=1) if same_ig else None
+            for t, pos in enumerate(positions):
+                if not pos.size:
+                    continue                                           # no true positive: AP_t 0
+                ni = ni_all if same_ig else np.cumsum(w * ~ig[:, t], axis=1)
+                tps = np.cumsum(w[:, pos], axis=1)                     # (b, P)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rc = tps / denom
+                    pr = tps / (ni[:, pos] + eps)
+                env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+                cnt = np.diff(n_below(np.nan_to_num(rc, nan=-1.0, posinf=2.0)), axis=1, prepend=0)
+                ap = (env * cnt).sum(axis=1) / R
+                total[b0:b1, t] += np.where(valid[b0:b1], ap, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * total / counted[:, None]
+
+
+def bootstrap_ap(m: Matches, weights: np.ndarray, suffix: str = "AP", exact: bool = True) -> np.ndarray:
+    """AP (in %) of the evaluation under each row of image ``weights`` (B, I): what COCOeval's
+    ``stats`` would give on the image multiset those counts describe. All-ones weights give COCOeval's
+    own AP. A category counts in a resample only if it has a non-ignored ground truth there."""
+    return ap_per_threshold(m, weights, exact)[:, _iou_index(m, suffix)].mean(axis=1)
 
 
 def ap_from_matches(m: Matches, suffix: str = "AP") -> float:
@@ -311,41 +345,52 @@ class NotPaired(ValueError):
     """The two evaluations are not on the same images (or categories): no paired bootstrap."""
 
 
-def paired_bootstrap(row: Sequence[Matches], base: Sequence[Matches], suffix: str = "AP",
-                     resamples: int = RESAMPLES, seed: int = SEED) -> PairedBootstrap:
-    """Paired bootstrap over images of AP(row) - AP(base): both rows resampled with the same image
-    draws. ``row``/``base``: one Matches per seed (the row's value is the mean over its seeds)."""
+def paired_bootstraps(row: Sequence[Matches], base: Sequence[Matches], suffixes: Sequence[str] = tuple(SUFFIX_IOU),
+                      resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, PairedBootstrap]:
+    """Paired bootstrap over images of AP(row) - AP(base), for each suffix (AP, AP50, AP75) from one pass:
+    both rows resampled with the same image draws. ``row``/``base``: one Matches per seed (the row's value
+    is the mean over its seeds)."""
     if not row or not base:
         raise NotPaired("no matches")
     ref = row[0]
     for m in (*row, *base):
         if m.n_images != ref.n_images or not np.array_equal(np.sort(m.img_ids), np.sort(ref.img_ids)):
             raise NotPaired("the two rows were not evaluated on the same images")
-        if m.n_cats != ref.n_cats:
-            raise NotPaired("the two rows were not evaluated on the same categories")
-    order = np.argsort(ref.img_ids)
+        if m.n_cats != ref.n_cats or not np.allclose(m.iou_thrs, ref.iou_thrs):
+            raise NotPaired("the two rows were not evaluated on the same categories and IoU thresholds")
     rng = np.random.default_rng(seed)
-    w_ref = rng.multinomial(ref.n_images, np.full(ref.n_images, 1.0 / ref.n_images), size=resamples).astype(np.float64)
-    w_sorted = np.empty_like(w_ref)
-    w_sorted[:, order] = w_ref  # weights indexed by position in ref.img_ids
+    # image draws indexed by position in ref.img_ids
+    draws = rng.multinomial(ref.n_images, np.full(ref.n_images, 1.0 / ref.n_images), size=resamples).astype(np.float64)
     by_id = dict(zip(ref.img_ids.tolist(), range(ref.n_images)))
 
-    def mean_ap(ms: Sequence[Matches], weights: np.ndarray) -> np.ndarray:
+    def per_t(ms: Sequence[Matches], weights: np.ndarray, exact: bool) -> np.ndarray:
         out = []
         for m in ms:
             idx = np.fromiter((by_id[i] for i in m.img_ids.tolist()), np.int64, m.n_images)
-            out.append(bootstrap_ap(m, weights[:, idx], suffix))
-        return np.mean(out, axis=0)
+            out.append(ap_per_threshold(m, weights[:, idx], exact))
+        return np.mean(out, axis=0)                                   # (B, T)
 
     ones = np.ones((1, ref.n_images))
-    delta = float(mean_ap(row, ones)[0] - mean_ap(base, ones)[0])
-    diffs = mean_ap(row, w_sorted) - mean_ap(base, w_sorted)
-    diffs = diffs[np.isfinite(diffs)]
-    if not diffs.size:
-        raise NotPaired("no resample has a ground truth")
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    se = float(np.std(diffs, ddof=1)) if diffs.size > 1 else 0.0
-    return PairedBootstrap(delta, float(lo), float(hi), se, MDE_FACTOR * se, int(diffs.size), ref.n_images, seed)
+    full = per_t(row, ones, True) - per_t(base, ones, True)
+    resampled = per_t(row, draws, False) - per_t(base, draws, False)
+    out = {}
+    for suffix in suffixes:
+        t = _iou_index(ref, suffix)
+        diffs = resampled[:, t].mean(axis=1)
+        diffs = diffs[np.isfinite(diffs)]
+        if not diffs.size:
+            raise NotPaired("no resample has a ground truth")
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        se = float(np.std(diffs, ddof=1)) if diffs.size > 1 else 0.0
+        out[suffix] = PairedBootstrap(float(full[0, t].mean()), float(lo), float(hi), se, MDE_FACTOR * se,
+                                      int(diffs.size), ref.n_images, seed)
+    return out
+
+
+def paired_bootstrap(row: Sequence[Matches], base: Sequence[Matches], suffix: str = "AP",
+                     resamples: int = RESAMPLES, seed: int = SEED) -> PairedBootstrap:
+    """``paired_bootstraps`` for one suffix."""
+    return paired_bootstraps(row, base, (suffix,), resamples, seed)[suffix]
 
 
 def matches_path(result_path: Path) -> Path:
