@@ -106,10 +106,22 @@ def from_cocoeval(ev) -> Optional[Matches]:
                    gt_n=np.asarray(gt_n, np.int32), n_cats=len(p.catIds))
 
 
+#: the dicts of the active ``capture()`` blocks (innermost last)
+_ACTIVE: list[dict[str, Matches]] = []
+
+
+def record(m: Optional[Matches]) -> None:
+    """Record matches into every active ``capture()``: for an evaluator other than pycocotools'
+    (bench.evaluators), whose ``accumulate()`` the patch below does not see."""
+    if m is not None:
+        for got in _ACTIVE:
+            got[m.iou_type] = m
+
+
 @contextlib.contextmanager
 def capture() -> Iterator[dict[str, Matches]]:
     """Within the block, every pycocotools ``COCOeval.accumulate()`` also records its matches into
-    the yielded dict, keyed by IoU type (the last evaluation of a type wins)."""
+    the yielded dict, keyed by IoU type (the last evaluation of a type wins); so does ``record()``."""
     from pycocotools.cocoeval import COCOeval
 
     got: dict[str, Matches] = {}
@@ -125,10 +137,12 @@ def capture() -> Iterator[dict[str, Matches]]:
         return original(self, *args, **kwargs)
 
     COCOeval.accumulate = accumulate
+    _ACTIVE.append(got)
     try:
         yield got
     finally:
         COCOeval.accumulate = original
+        _ACTIVE.remove(got)
 
 
 # ----------------------------------------------------------------------------------- file
@@ -245,7 +259,8 @@ def ap_per_threshold(m: Matches, weights: np.ndarray, exact: bool = True,
 
     ``exact``: float64 and pycocotools' own threshold search (all-ones weights give COCOeval's numbers to
     the last bit); otherwise float32, for resamples (the weights are integer counts, so the cumulative
-    sums stay exact; only the division rounds, at 1e-7 relative)."""
+    sums stay exact; the precision rounds at 1e-7 relative; recall is divided in float64 so that it meets
+    COCO's thresholds exactly as pycocotools does)."""
     weights = np.atleast_2d(np.asarray(weights, np.float64))
     B, T = weights.shape[0], m.iou_thrs.size
     dt = np.float64 if exact else np.float32
@@ -258,11 +273,9 @@ def ap_per_threshold(m: Matches, weights: np.ndarray, exact: bool = True,
     wdt = weights.astype(dt)
 
     def n_below(rc: np.ndarray) -> np.ndarray:
-        """How many recall thresholds are <= each recall."""
-        if exact:
-            return np.searchsorted(REC_THRS, rc.ravel(), side="right").reshape(rc.shape)
-        n = np.floor(rc * (R - 1) + 1e-4).astype(np.int32) + 1   # thresholds are i/100
-        return np.clip(n, 0, R, out=n)
+        """How many recall thresholds are <= each recall: pycocotools' own float64 comparison, since its
+        thresholds are linspace values (0.07000000000000001 is not reached by a recall of exactly 0.07)."""
+        return np.searchsorted(REC_THRS, rc.ravel(), side="right").reshape(rc.shape)
 
     for k in range(m.n_cats):
         g = m.gt_cat == k
@@ -287,7 +300,6 @@ def ap_per_threshold(m: Matches, weights: np.ndarray, exact: bool = True,
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
             w = wdt[b0:b1][:, img]                                     # (b, D)
-            denom = npig[b0:b1, None].astype(dt)
             ni_all = np.cumsum(w * ~ig[:, 0], axis=1) if same_ig else None
             for t, pos in enumerate(positions):
                 if not pos.size:
@@ -295,7 +307,7 @@ def ap_per_threshold(m: Matches, weights: np.ndarray, exact: bool = True,
                 ni = ni_all if same_ig else np.cumsum(w * ~ig[:, t], axis=1)
                 tps = np.cumsum(w[:, pos], axis=1)                     # (b, P)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    rc = tps / denom
+                    rc = tps.astype(np.float64) / npig[b0:b1, None]     # the counts are exact integers
                     pr = tps / (ni[:, pos] + eps)
                 env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
                 cnt = np.diff(n_below(np.nan_to_num(rc, nan=-1.0, posinf=2.0)), axis=1, prepend=0)
