@@ -539,7 +539,7 @@ def resolve(choice: str = "auto") -> Choice:
             notes.append(f"{name}: {type(e).__name__}: {e}")
             continue
         if not check.verified:
-            notes.append(f"{name} {check.version}: {check.reason}")
+            notes.append(f"{name} {check.version}: {check.reason.split(' (')[0]}")
         elif best is None or check.seconds < best.seconds:
             best = check
     if best is None or best.seconds >= sum(c["reference_seconds"] for c in best.cases):

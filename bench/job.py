@@ -581,6 +581,20 @@ def _failure_reason(e: BaseException) -> str:
     return text.splitlines()[0][:500] + where
 
 
+def job_evaluator(asked: str) -> tuple[str, str]:
+    """(name, label) of the COCO evaluator this job uses: the one the plan chose, verified again on this
+    machine (its cross-check is cached per version, so this is a file read once checked); pycocotools,
+    the reference, when the asked one is missing or refused here, with the reason in the label."""
+    from bench.evaluators import EvaluatorError, resolve
+
+    try:
+        c = resolve(asked)
+        return c.name, c.label
+    except EvaluatorError as e:
+        ref = resolve("pycocotools")
+        return ref.name, f"{ref.label}; {asked} was asked, refused on this machine: {e}"
+
+
 def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     t0 = time.perf_counter()
     phases: dict[str, float] = {}  # wall seconds: setup (imports, data, Runner), train, test, measure
@@ -631,9 +645,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         probe = SpeedProbe(model, spec.scale_cfg["speed_images"])
     from bench import matches as matches_mod
 
+    evaluator_name, evaluator_label = job_evaluator(getattr(spec, "evaluator", "pycocotools"))
+    from bench.evaluators import use as use_evaluator
+
     try:
         # COCOeval's per-image matches are kept for the paired bootstrap of claims (bench/matches.py)
-        with safe_checkpoint_loading(), matches_mod.capture() as captured:
+        with safe_checkpoint_loading(), matches_mod.capture() as captured, use_evaluator(evaluator_name):
             metrics = runner.test()
     finally:
         if probe is not None:
@@ -689,7 +706,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         batch_size=spec.batch_size,
         gpus=spec.gpus, lr=spec.lr, lr_scaled_from=spec.lr_scaled_from, input_size=input_size,
         pretrained=bool(spec.scale_cfg["pretrained"]), seed=int(spec.scale_cfg["seed"]),
-        device=device_description(), speed_protocol=proto, flops_note=flops_note)
+        device=device_description(), evaluator=evaluator_label, speed_protocol=proto, flops_note=flops_note)
     m = measurement.model_dump(mode="json")
     m["resumed_from"] = resumed_from
     if refused:

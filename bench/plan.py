@@ -316,6 +316,8 @@ class RunSpec:
     reuse_training_after: Optional[float] = None  # evaluate a finished training (trained_pointer) newer than
                                                   # this time (epoch s; 0: any) instead of training; None: train
     weights: list = field(default_factory=list)   # paper scale: the checkpoints the config loads (bench.weights)
+    evaluator: str = "pycocotools"     # COCO evaluator of the job (bench.evaluators); not in the run key: only one
+                                       # verified identical to pycocotools on the cross-check may serve a job
 
 
 # Parts of an mmdet config that only inference reads. Two rows that differ only there (sbr-cnn Table 4's
@@ -544,7 +546,8 @@ def add_log_backend(cfg: dict, backend: dict) -> None:
 
 def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
               data_root=None, force: bool = False, gpus: int | None = None,
-              seed_index: int = 0, weights_dirs: Optional[list[Path]] = None, log: Optional[str] = None) -> Plan:
+              seed_index: int = 0, weights_dirs: Optional[list[Path]] = None, log: Optional[str] = None,
+              evaluator: str = "pycocotools") -> Plan:
     import dataclasses
 
     scale = Scale.load(scale_name)
@@ -624,7 +627,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
                 versions=code, config_hash=config_hash, input_size=scale.input_size,
                 data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None),
-                train_key=train_key, weights=facts.get("weights", []))
+                train_key=train_key, weights=facts.get("weights", []), evaluator=evaluator)
             trained = trained_pointer(runs[key].work_dir, train_key)
             first = next((r for r in runs.values() if r.train_key == train_key and r.run_key != key), None)
             if first is not None:  # the first run of the group trains (again, with --force); this one waits for it
