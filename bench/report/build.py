@@ -97,27 +97,6 @@ def write_exports(view: TableView, base: Path, formats: Sequence[str], records: 
     return out
 
 
-def _pool_map(fn, jobs: Sequence[tuple], workers: int) -> list:
-    workers = min(workers, len(jobs))
-    if workers <= 1:
-        return [fn(*job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, *zip(*jobs)))
-
-
-def draw_figures(jobs: Sequence[tuple], workers: int) -> list[list]:
-    """Each table's figures (``plots.write_plots``: (view or PlotData, folder[, figure store]) per table),
-    in worker processes when there are several tables.
-
-    Drawing dominates a cold report's time (matplotlib is single-threaded); tables are independent."""
-    from bench.report.plots import write_plots
-
-    return _pool_map(write_plots, list(jobs), workers)
-
-
 def _write_page(view: TableView, plots: list, exports: dict[str, Path], index: Path, result: ReportOutput,
                 catalogue: Optional[Catalogue] = None, audit=None) -> None:
     from bench.report import html as pages
@@ -221,44 +200,61 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
 def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path]], old: list[dict],
            new: list[dict], index: Path, result: ReportOutput, catalogue: Optional[Catalogue], workers: int,
            cache: bool) -> None:
-    """Each table's page and figures: only those whose content hash changed are drawn and written."""
+    """Each table's page and figures: only those whose content hash changed are drawn and written.
+
+    Figures depend on the views alone, pages on the audits too: the figures that must be drawn are handed
+    to the worker processes first, and the audits are computed (or read from the cache) while they draw."""
     from bench.report import cache as rc
     from bench.report import html as pages
-    from bench.report.plots import FIGURES, figure_key, plot_data
+    from bench.report.plots import FIGURES, Plot, figure_key, plot_data, write_plots
 
     root = index.parent
     store = rc.cache_dir(root) / "figures" if cache else None
-    akey = rc.audit_key(catalogue) if cache else None
     datas = [plot_data(v) for v in views]
     fig_keys = [{name: figure_key(name, d) for name in FIGURES} if cache else {} for d in datas]
-    audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache else pages.page_audit(v.table, catalogue)
-              for v in views]
-    stale = []
+    plots: dict[int, list] = {}
+    for i, (v, was) in enumerate(zip(views, old, strict=True)):
+        files = {name: {fmt: root / f for fmt, f in was["plots"][name].items()} for name in was.get("plots") or {}}
+        if cache and was.get("figures") == fig_keys[i] and isinstance(was.get("plots"), dict) \
+                and all(p.exists() for f in files.values() for p in f.values()):
+            plots[i] = [Plot(name, FIGURES[name][0], FIGURES[name][1], files[name], drawn=False) for name in files]
+    jobs = [i for i in range(len(views)) if i not in plots]
+    args = [(datas[i], _table_paths(root, views[i].table)[1], store) for i in jobs]
+    pool = None
+    if min(workers, len(jobs)) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(write_plots, *a) for a in args] if pool else []
+        akey = rc.audit_key(catalogue) if cache else None
+        audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache
+                  else pages.page_audit(v.table, catalogue) for v in views]
+        drawn = [f.result() for f in futures] if pool else [write_plots(*a) for a in args]
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    for i, got in zip(jobs, drawn, strict=True):
+        plots[i] = got
+        result.drawn += sum(plot.drawn for plot in got)
+        result.written += [p for plot in got if plot.drawn for p in plot.files.values()]
     for i, (v, vk, ex, was, now) in enumerate(zip(views, view_keys, exports, old, new, strict=True)):
-        page, folder = _table_paths(root, v.table)
-        if not cache:
-            stale.append(i)
-            continue
-        links = {fmt: pages.href(p, page.parent) for fmt, p in ex.items()}
-        now["page"] = rc.digest("page", vk, audits[i], links, pages.href(index, page.parent), str(page.resolve()),
-                                fig_keys[i])
-        files = [root / f for f in was.get("files") or []]
-        if was.get("page") == now["page"] and page.exists() and page.with_suffix(".summary.json").exists() \
-                and all(f.exists() for f in files):
-            now["files"] = was.get("files")
-            result.pages.append(page)
-            result.figures += files
-        else:
-            stale.append(i)
-    drawn = draw_figures([(datas[i], _table_paths(root, views[i].table)[1], store) for i in stale], workers)
-    for i, plots in zip(stale, drawn, strict=True):
-        v = views[i]
-        result.figures += [p for plot in plots for p in plot.files.values()]
-        result.drawn += sum(plot.drawn for plot in plots)
-        result.written += [p for plot in plots if plot.drawn for p in plot.files.values()]
-        _write_page(v, plots, exports[i], index, result, catalogue, audits[i])
+        page, _ = _table_paths(root, v.table)
+        result.figures += [p for plot in plots[i] for p in plot.files.values()]
         if cache:
-            shown = {plot.name for plot in plots}
+            links = {fmt: pages.href(p, page.parent) for fmt, p in ex.items()}
+            now["page"] = rc.digest("page", vk, audits[i], links, pages.href(index, page.parent),
+                                    str(page.resolve()), fig_keys[i], [plot.name for plot in plots[i]])
+            shown = {plot.name for plot in plots[i]}
             failed = [n for n in FIGURES if n not in shown and not (store / f"{fig_keys[i][n]}.none").exists()]
-            new[i]["page"] = None if failed else new[i]["page"]   # a figure that failed is tried again next time
-            new[i]["files"] = [p.relative_to(root).as_posix() for plot in plots for p in plot.files.values()]
+            # a figure that failed is tried again next time: its table keeps no hashes
+            now["figures"] = None if failed else fig_keys[i]
+            now["plots"] = {plot.name: {fmt: p.relative_to(root).as_posix() for fmt, p in plot.files.items()}
+                            for plot in plots[i]}
+            if failed:
+                now["page"] = None
+            elif was.get("page") == now["page"] and page.exists() and page.with_suffix(".summary.json").exists():
+                result.pages.append(page)
+                continue
+        _write_page(v, plots[i], ex, index, result, catalogue, audits[i])
