@@ -438,7 +438,7 @@ def run_check(name: str) -> Check:
                 case["stats_difference"] = f"{cand.stats.size} stats, pycocotools {ref.stats.size}"
             else:
                 worst = max(worst, float(diff.max()))
-                bad = [f"{STAT_NAMES[j]} {cand.stats[j]!r} vs {ref.stats[j]!r}" for j in np.flatnonzero(diff > STATS_TOL)]
+                bad = [f"{STAT_NAMES[j]} {float(cand.stats[j])!r} vs {float(ref.stats[j])!r}" for j in np.flatnonzero(diff > STATS_TOL)]
                 if bad:
                     stats_ok = False
                     case["stats_difference"] = "; ".join(bad)
