@@ -46,10 +46,13 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
                    "`bench run --seeds N` (results/seeds/<k>/) are always included.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures when reporting several tables (default: one per CPU).")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Render and write every page, figure and export (by default only those whose content hash "
+                   "changed: OUT/<scale>/.render-cache and <table>.render.json).")
 @click.pass_context
 def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, html: bool,
                formats: tuple[str, ...], scale: str, out: Path | None, extra_results: tuple[Path, ...],
-               jobs: int | None, smoke_index: bool = False) -> None:
+               jobs: int | None, smoke_index: bool = False, no_cache: bool = False) -> None:
     """Put published and measured numbers side by side, per paper table.
 
     One HTML page per table (the paper's layout; each cell published / measured / Δ coloured by its
@@ -80,7 +83,7 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
     seed_roots = tuple(sorted(p for p in (Path(results_root) / "seeds").glob("*") if p.is_dir()))
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,
                           formats=tuple(dict.fromkeys(formats)), extra_roots=tuple(extra_results) + seed_roots,
-                          workers=jobs or os.cpu_count() or 1)
+                          workers=jobs or os.cpu_count() or 1, cache=not no_cache)
     _echo_summary(report, scale, results_root)
 
 

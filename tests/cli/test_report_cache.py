@@ -132,3 +132,18 @@ def test_markdown_cell_translation_table_equals_clean_then_escape():
     df = pd.DataFrame({"text": hostile, "mixed": [None, True, 1.5, "=1", "x\x1b", 3, False, "|"],
                        "num": [float(i) for i in range(8)]})
     assert "&lt;U+001B&gt;" in export.to_markdown(df) and "\\|" in export.to_markdown(df)
+
+
+def test_cli_no_cache_rewrites_everything(setup):
+    from tests.cli.test_report import bench
+
+    _, results, tmp = setup
+    out = tmp / "cli"
+    env = {"BENCH_RESULTS": str(results), "BENCH_CACHE": str(tmp / "cache")}
+    bench(TABLES[0], "--scale", "paper", "--html", "--out", str(out), env=env)
+    root = out / "paper"
+    _age(root)
+    bench(TABLES[0], "--scale", "paper", "--html", "--out", str(out), env=env)
+    assert _touched(root) == set()
+    bench(TABLES[0], "--scale", "paper", "--html", "--no-cache", "--out", str(out), env=env)
+    assert {"csr-d2s/table-ii.html", "csr-d2s/table-ii/published-vs-measured.png", "index.html"} <= _touched(root)
