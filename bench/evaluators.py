@@ -208,24 +208,40 @@ def _run_hotcoco(gt, dt, iou_type: str, params, want_matches: bool = True) -> Ev
     from bench.matches import from_cocoeval
 
     p = _params_copy(params)
+
+    def evaluator(hgt, hdt, q):
+        ev = hotcoco.COCOeval(hgt, hdt, iou_type)
+        hp = ev.params
+        hp.img_ids = list(q.imgIds)
+        hp.cat_ids = list(q.catIds)
+        hp.iou_thrs = [float(x) for x in q.iouThrs]
+        hp.rec_thrs = [float(x) for x in q.recThrs]
+        hp.max_dets = list(q.maxDets)
+        hp.area_rng = [[float(x) for x in r] for r in q.areaRng]
+        hp.area_rng_lbl = list(q.areaRngLbl)
+        hp.use_cats = bool(q.useCats)
+        return ev
+
     with _quiet():
         hgt = _converted_gt("hotcoco", gt, hotcoco.COCO)
         t = time.perf_counter()
         hdt = hotcoco.COCO(_dt_dataset(gt, dt))
-        ev = hotcoco.COCOeval(hgt, hdt, iou_type)
-        hp = ev.params
-        hp.img_ids = list(p.imgIds)
-        hp.cat_ids = list(p.catIds)
-        hp.iou_thrs = [float(x) for x in p.iouThrs]
-        hp.rec_thrs = [float(x) for x in p.recThrs]
-        hp.max_dets = list(p.maxDets)
-        hp.area_rng = [[float(x) for x in r] for r in p.areaRng]
-        hp.area_rng_lbl = list(p.areaRngLbl)
-        hp.use_cats = bool(p.useCats)
+        ev = evaluator(hgt, hdt, p)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-        m = from_cocoeval(_EvalView(p, _grid_eval_imgs(ev.evalImgs, p))) if want_matches else None
+        m = None
+        if want_matches and "all" in p.areaRngLbl:
+            # the matches are area 'all' at the largest maxDets alone: reading hotcoco's evalImgs (built as
+            # Python dicts on access) for that area only is 4x less work; per-image matching of one area
+            # range does not depend on the others (pycocotools' evaluateImg), and the cross-check compares
+            # the result with pycocotools' matches array by array
+            q = copy.deepcopy(p)
+            q.areaRng, q.areaRngLbl = [p.areaRng[list(p.areaRngLbl).index("all")]], ["all"]
+            q.maxDets = [max(p.maxDets)]
+            ev_all = evaluator(hgt, hdt, q)
+            ev_all.evaluate()
+            m = from_cocoeval(_EvalView(q, _grid_eval_imgs(ev_all.evalImgs, q)))
         raw = ev.eval or {}
         out_eval = {k: (np.asarray(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in raw.items()}
         stats = summary(out_eval, p)
