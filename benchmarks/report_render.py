@@ -8,11 +8,24 @@ every claim uses the seed spread as noise: the heaviest path the reporting stage
 
     .venv/bin/python benchmarks/report_render.py            # prints the timings
     .venv/bin/python benchmarks/report_render.py --record   # and writes benchmarks/report_render.txt
+
+Then three cases, each the median of ``--runs`` (default 5) fresh processes (python start-up, imports and
+recipe loading included in "process", not in "render"), all with ``workers`` = the CPU count:
+
+* cold: a new reports folder every run (nothing cached: every page and figure drawn);
+* warm: the same folder again, nothing changed;
+* one result changed: one result file of one table gets another number before each run.
+
+``--code DIR`` runs the cases against the bench package under DIR (a copy of an older tree: the "before").
+Time it through /work/helpers/quiet.sh (it pauses the background sweep and prints the load average).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import platform
 import random
 import resource
@@ -26,7 +39,8 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+CODE = Path(os.environ.get("BENCH_REPORT_RENDER_CODE") or REPO)  # the bench package timed (--code)
+sys.path.insert(0, str(CODE))
 
 from bench.recipes import Catalogue, Table  # noqa: E402
 from bench.results import Measurement, Result, result_path, write_result  # noqa: E402
@@ -90,10 +104,72 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CHANGED = ("csr-d2s/table-ii", "baseline-fpn")   # the result file the "one result changed" case edits
+
+
+def child(out: str, results: str) -> None:
+    """One render in this fresh process; prints {"render": s, "process": s} as JSON."""
+    from bench.recipes import Catalogue
+    from bench.report.build import write_report
+
+    cat = Catalogue()
+    tables = cat.tables()
+    folders = sorted(Path(results).glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    t0 = time.perf_counter()
+    report = write_report(tables, SCALE, folders[0], Path(out), catalogue=cat, extra_roots=folders[1:],
+                          workers=os.cpu_count() or 1)
+    render = time.perf_counter() - t0
+    print(json.dumps({"render": render, "process": time.perf_counter() - START, "pages": len(report.pages),
+                      "figures": len(report.figures)}))
+
+
+def change_one(results: Path, k: int) -> None:
+    """Give one result file of CHANGED another measured number (k-th change)."""
+    table, row = CHANGED
+    path = result_path(results / "seed-0", SCALE, table, row)
+    data = json.loads(path.read_text())
+    key = sorted(data["measured"])[0]
+    data["measured"][key] = round(float(data["measured"][key]) + 0.1 * (k + 1), 2)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def cases(results: Path, work: Path, runs: int) -> dict[str, list[dict]]:
+    env = dict(os.environ, BENCH_REPORT_RENDER_CODE=str(CODE))
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child"]
+
+    def one(out: Path) -> dict:
+        proc = subprocess.run(argv + [str(out), str(results)], env=env, capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    got: dict[str, list[dict]] = {"cold": [], "warm": [], "one result changed": []}
+    for i in range(runs):
+        got["cold"].append(one(work / f"cold-{i}"))
+        shutil.rmtree(work / f"cold-{i}", ignore_errors=True)
+    one(work / "kept")  # the warm folder's first (cold) render, not counted
+    for i in range(runs):
+        got["warm"].append(one(work / "kept"))
+    for i in range(runs):
+        change_one(results, i)
+        got["one result changed"].append(one(work / "kept"))
+    return got
+
+
+START = time.perf_counter()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="write benchmarks/report_render.txt")
+    parser.add_argument("--runs", type=int, default=5, help="runs per case (median reported)")
+    parser.add_argument("--label", default="", help="what is timed, e.g. 'before (commit abc)' (printed)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="with --record: an earlier run's printed output, kept in the txt as the 'before'")
+    parser.add_argument("--child", nargs=2, metavar=("OUT", "RESULTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
 
     from bench.report.build import write_report
 
@@ -118,11 +194,13 @@ def main() -> None:
         figures = len(report.figures)
         claims = sum(len(v.claims) for v in report.views)
         rows = sum(len(v.rows) for v in report.views)
+        got = cases(work / "results", work / "cases", args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     lines = [
-        "bench report render benchmark (benchmarks/report_render.py)",
+        "bench report render benchmark (benchmarks/report_render.py)" + (f": {args.label}" if args.label else ""),
+        f"code timed: {CODE}",
         f"input: {n_files} result files (benchmark fixtures, {len(folders)} seed folders), {len(tables)} tables, "
         f"{rows} rows, {claims} claim rows; output: {len(report.pages)} pages, {figures} figure files",
         f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
@@ -131,10 +209,19 @@ def main() -> None:
         f"{'step':<58} {'wall':>8} {'CPU':>8}",
     ]
     lines += [f"{label:<58} {wall:7.2f}s {cpu:7.2f}s" for label, (wall, cpu) in timings.items()]
+    lines += ["", f"cases: median of {args.runs} fresh processes each ({os.cpu_count()} figure workers); render = "
+              "write_report's wall, process = the whole process (start-up, imports, recipes, render)",
+              f"{'case':<24} {'render median':>14} {'process median':>15}  render runs"]
+    for case, runs in got.items():
+        renders = [r["render"] for r in runs]
+        lines.append(f"{case:<24} {statistics.median(renders):13.2f}s {statistics.median(r['process'] for r in runs):14.2f}s"
+                     f"  {' '.join(f'{x:.2f}' for x in renders)}")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.record:
-        (REPO / "benchmarks" / "report_render.txt").write_text(text)
+        before = args.before.read_text() if args.before else ""
+        sep = "\n" + "-" * 100 + "\n"
+        (REPO / "benchmarks" / "report_render.txt").write_text(text + (sep + before if before else ""))
 
 
 if __name__ == "__main__":
