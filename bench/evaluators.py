@@ -540,7 +540,12 @@ def resolve(choice: str = "auto") -> Choice:
     if choice == REFERENCE:
         return ref
     if choice != "auto":
-        check = cross_check(choice)
+        try:
+            check = cross_check(choice)
+        except EvaluatorError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an evaluator that cannot even run its cross-check is refused
+            raise EvaluatorError(f"--evaluator {choice}: refused: its cross-check failed: {type(e).__name__}: {e}") from None
         if not check.verified:
             raise EvaluatorError(f"--evaluator {choice}: refused: {choice} {check.version} {check.reason}")
         return Choice(choice, check.version, check.label())
