@@ -569,7 +569,7 @@ def resolve(choice: str = "auto") -> Choice:
 
 
 # ----------------------------------------------------------------------------------- in a job
-def _cocoeval_class(name: str):
+def _cocoeval_class(name: str, ran: Optional[list] = None):
     """A pycocotools-COCOeval subclass that evaluates through ``name``: what mmdet's CocoMetric
     calls (constructor, ``params`` set by attribute, evaluate / accumulate / summarize, ``stats``,
     ``eval['precision']``). The matches go to every active ``bench.matches.capture()``. A proposal
@@ -586,8 +586,12 @@ def _cocoeval_class(name: str):
 
         def evaluate(self):
             if self._native():
+                if ran is not None:
+                    ran.append(f"pycocotools ({self.params.iouType}, useCats {self.params.useCats})")
                 return super().evaluate()
             self._bench_result = evaluate(name, self.cocoGt, self.cocoDt, self.params.iouType, self.params)
+            if ran is not None:
+                ran.append(f"{name} ({self.params.iouType})")
             self.params = _params_copy(self.params)
 
         def accumulate(self, p=None):
@@ -607,19 +611,22 @@ def _cocoeval_class(name: str):
 
 
 @contextlib.contextmanager
-def use(name: str) -> Iterator[None]:
-    """Within the block, mmdet's CocoMetric evaluates with ``name`` (pycocotools: unchanged)."""
+def use(name: str) -> Iterator[list]:
+    """Within the block, mmdet's CocoMetric evaluates with ``name`` (pycocotools: unchanged). Yields the
+    list of the evaluations the swapped class ran ('hotcoco (segm)', or 'pycocotools (...)' for what it
+    leaves to pycocotools): empty if CocoMetric never called it (e.g. ``use_mp_eval``'s COCOevalMP)."""
+    ran: list = []
     if name == REFERENCE:
-        yield
+        yield ran
         return
     if name not in RUNNERS or name in NO_MATCHES:
         raise EvaluatorError(f"evaluator {name!r} cannot serve a job" + (f": {NO_MATCHES[name]}" if name in NO_MATCHES else ""))
     from mmdet.evaluation.metrics import coco_metric
 
     original = coco_metric.COCOeval
-    coco_metric.COCOeval = _cocoeval_class(name)
+    coco_metric.COCOeval = _cocoeval_class(name, ran)
     try:
-        yield
+        yield ran
     finally:
         coco_metric.COCOeval = original
 

@@ -650,12 +650,18 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
 
     try:
         # COCOeval's per-image matches are kept for the paired bootstrap of claims (bench/matches.py)
-        with safe_checkpoint_loading(), matches_mod.capture() as captured, use_evaluator(evaluator_name):
+        with safe_checkpoint_loading(), matches_mod.capture() as captured, use_evaluator(evaluator_name) as ran:
             metrics = runner.test()
     finally:
         if probe is not None:
             probe.remove()
     phases["test"] = time.perf_counter() - t
+    if evaluator_name != "pycocotools" and not any(r.startswith(evaluator_name) for r in ran):
+        # the swapped COCOeval was never called: no detections (CocoMetric skips COCOeval), no CocoMetric,
+        # or its use_mp_eval (COCOevalMP, pycocotools)
+        evaluator_label += "; not called: the test evaluator ran no COCOeval through it"
+    elif any(r.startswith("pycocotools") for r in ran):
+        evaluator_label += "; left to pycocotools itself: " + ", ".join(r for r in ran if r.startswith("pycocotools"))
     if rank() != 0:
         return {}, {}, {}
     t = time.perf_counter()
