@@ -20,8 +20,8 @@ detections than maxDets, one with none) with the candidate and with pycocotools,
 mmdet's params (maxDets 100/300/1000) and pycocotools' defaults (1/10/100). The candidate is verified
 only if all 12 stats agree to 1e-9 and its matches are identical to pycocotools' (every array equal,
 hence the same AP from ``ap_from_matches``); otherwise it is refused with the first difference. The
-verdict is cached per (evaluator, version, pycocotools version, check version) as JSON under
-``$BENCH_CACHE/evaluators/``.
+verdict is cached per (evaluator, version, pycocotools version, check version, the source of this module
+and bench.matches) as JSON under ``$BENCH_CACHE/evaluators/``.
 
 ``resolve(choice)`` turns ``--evaluator`` into the evaluator a job uses (``auto``: the fastest verified
 one on the cross-check's own timing, pycocotools when none is), and ``use(name)`` makes mmdet's
@@ -484,9 +484,19 @@ def run_check(name: str) -> Check:
                  checked_at=dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"))
 
 
+def _code_hash() -> str:
+    """This module's and bench.matches' source: a change to the adapters or the matches re-runs the check."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in (Path(__file__), Path(__file__).with_name("matches.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _cache_file(name: str, v: str) -> Path:
     ref_v = version(REFERENCE) or "missing"
-    return cache_root() / f"{name}-{v}--pycocotools-{ref_v}--check-v{CHECK_VERSION}.json"
+    return cache_root() / f"{name}-{v}--pycocotools-{ref_v}--check-v{CHECK_VERSION}-{_code_hash()}.json"
 
 
 def cross_check(name: str, refresh: bool = False) -> Check:
