@@ -68,7 +68,7 @@ def from_cocoeval(ev) -> Optional[Matches]:
     if T > 16:
         return None
     a = next((i for i, lbl in enumerate(getattr(p, "areaRngLbl", ["all"])) if lbl == "all"), 0)
-    max_det = max(p.maxDets)
+    max_det = 100 if 100 in p.maxDets else max(p.maxDets)  # COCO's AP (stats[0]) is taken at maxDets 100
     bits = (1 << np.arange(T, dtype=np.uint32)).astype(np.uint32)
     det_cat, det_img, det_tp, det_ig, gt_cat, gt_img, gt_n = [], [], [], [], [], [], []
     for k in range(len(p.catIds)):

@@ -207,3 +207,23 @@ def test_the_fast_resample_path_agrees_with_the_exact_one():
     w = np.random.default_rng(21).multinomial(80, np.full(80, 1 / 80), size=50).astype(float)
     exact, fast = M.ap_per_threshold(m, w, exact=True), M.ap_per_threshold(m, w, exact=False)
     assert np.nanmax(np.abs(exact - fast)) < 1e-3
+
+
+def test_matches_follow_cocos_ap_at_100_detections_under_mmdets_max_dets():
+    """mmdet's CocoMetric sets maxDets to [100, 300, 1000]; COCO's AP (stats[0]) is still taken at 100
+    detections per image and category: the matches keep those 100, not 1000."""
+    images, anns = ground_truth(20, seed=22)
+    gt = coco(images, anns)
+    dets = predict(images, anns, seed=23, jitter=2.0)
+    crowded = images[0]["id"]
+    for j in range(150):  # far more than 100 low-scored detections of one category on one image
+        dets.append({"image_id": crowded, "category_id": 1, "bbox": [float(j % 90), 5.0, 10.0, 10.0],
+                     "score": 0.9 - j * 1e-4})
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.params.maxDets = [100, 300, 1000]
+        with M.capture() as got:
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+    assert M.ap_from_matches(got["bbox"]) == pytest.approx(100 * ev.stats[0], abs=1e-9)
