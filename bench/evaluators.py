@@ -232,13 +232,13 @@ def _run_hotcoco(gt, dt, iou_type: str, params, want_matches: bool = True) -> Ev
         ev.summarize()
         m = None
         if want_matches and "all" in p.areaRngLbl:
-            # the matches are area 'all' at the largest maxDets alone: reading hotcoco's evalImgs (built as
+            # the matches are area 'all' at COCO's AP cut (maxDets 100) alone: reading hotcoco's evalImgs (built as
             # Python dicts on access) for that area only is 4x less work; per-image matching of one area
             # range does not depend on the others (pycocotools' evaluateImg), and the cross-check compares
             # the result with pycocotools' matches array by array
             q = copy.deepcopy(p)
             q.areaRng, q.areaRngLbl = [p.areaRng[list(p.areaRngLbl).index("all")]], ["all"]
-            q.maxDets = [max(p.maxDets)]
+            q.maxDets = [100 if 100 in p.maxDets else max(p.maxDets)]  # bench.matches keeps COCO's AP cut
             ev_all = evaluator(hgt, hdt, q)
             ev_all.evaluate()
             m = from_cocoeval(_EvalView(q, _grid_eval_imgs(ev_all.evalImgs, q)))
