@@ -11,7 +11,7 @@ versions of the libraries that draw and format (matplotlib, jinja2, pandas, tabu
 * each **figure** is stored once per content under ``<scale>/.render-cache/figures/<hash>.<png|svg>``, the
   hash being that of exactly what it plots (``plots.PlotData``), so an unchanged figure is copied, never
   redrawn, whichever table or render asks for it;
-* the page's **audit** (``html.page_audit``: profile cache, claim checks, zoo metafiles, several seconds
+* the page's **audit** (``audit_view.page_audit``: profile cache, claim checks, zoo metafiles, several seconds
   over the catalogue) is kept under ``.render-cache/audit/`` by a key of everything it reads: the recipes
   folder's files, bench's code, the library versions and the profile cache's file listing.
 
@@ -136,7 +136,7 @@ def code_key() -> str:
 
 
 def audit_key(catalogue) -> Optional[str]:
-    """Everything ``html.page_audit`` reads: the recipes, bench's code, the libraries (mmdet's zoo
+    """Everything ``audit_view.page_audit`` reads: the recipes, bench's code, the libraries (mmdet's zoo
     metafiles and configs come with its version) and the profile cache's files (``bench audit`` fills it)."""
     if catalogue is None:
         return None
@@ -187,15 +187,15 @@ def copy_atomic(src: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------------ audit
 def _audit_of(record: dict):
     from bench.audit import AuditCell, ClaimCheck
-    from bench.report.html import PageAudit
+    from bench.report.audit_view import PageAudit
 
     return PageAudit(cells=[AuditCell(**c) for c in record["cells"]],
                      claims=[ClaimCheck(**c) for c in record["claims"]], zoo=list(record["zoo"]))
 
 
 def cached_page_audit(table, catalogue, root: Path, key: Optional[str]):
-    """``html.page_audit(table, catalogue)``, from ``.render-cache/audit/`` when ``key`` is unchanged."""
-    from bench.report.html import page_audit
+    """``audit_view.page_audit(table, catalogue)``, from ``.render-cache/audit/`` when ``key`` is unchanged."""
+    from bench.report.audit_view import page_audit
 
     if key is None:
         return page_audit(table, catalogue)

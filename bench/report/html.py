@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from bench import __version__
 from bench.report import rules, text
+from bench.report.audit_view import PageAudit, page_audit  # noqa: F401  (re-exported)
 from bench.report.frame import TableView
 from bench.report.plots import Plot
 from bench.vocab import Verdict
@@ -77,43 +78,6 @@ class Summary:
     page: str                 # path of the page relative to the index
     audit: dict[str, int] = field(default_factory=dict)         # architecture cells by agreement word
     claim_checks: dict[str, int] = field(default_factory=dict)  # stated claim figures by agreement word
-
-
-@dataclass
-class PageAudit:
-    """What `bench audit` says about a table, for its page: architecture cells (from the profile cache,
-    nothing built) and the claims' stated figures against the table's cells."""
-
-    cells: list = field(default_factory=list)
-    claims: list = field(default_factory=list)
-    zoo: list = field(default_factory=list)
-
-    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        cells: dict[str, int] = {}
-        for c in self.cells:
-            cells[c.agreement] = cells.get(c.agreement, 0) + 1
-        claims: dict[str, int] = {}
-        for c in self.claims:
-            claims[c.agreement] = claims.get(c.agreement, 0) + 1
-        return cells, claims
-
-
-def page_audit(table, catalogue=None) -> PageAudit:
-    from bench.audit import audit_table, claim_checks
-
-    out = PageAudit()
-    try:
-        out.cells = audit_table(table, build=False, catalogue=catalogue).cells
-    except Exception:  # noqa: BLE001 - the page is written without its audit rather than not at all
-        pass
-    try:
-        out.claims = claim_checks([table], catalogue)
-    except Exception:  # noqa: BLE001
-        pass
-    from bench.audit import zoo_checks
-
-    out.zoo = zoo_checks([table])
-    return out
 
 
 def summary_of(view: TableView, page: Path, index_dir: Path, audit: Optional[PageAudit] = None) -> Summary:
