@@ -106,17 +106,32 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                 "rows": [_row_record(t, r, with_hash=True) for r in t.rows]} for t in tables]
         click.echo(json.dumps(out, indent=2))
         return
-    from rich.table import Table as RTable
+    # a plain aligned table (rich's import and layout would double this command's start-up)
+    import shutil
 
-    rt = RTable(title="bench tables", show_lines=False)
-    for col in ("table", "title", "rows", "runnable", "model missing", "reference only", "refused"):
-        rt.add_column(col, justify="right" if col not in ("table", "title") else "left")
+    head = ("table", "title", "rows", "runnable", "model missing", "reference only", "refused")
+    lines = []
     for t in tables:
         st = [_safe_row_status(r)[0] for r in t.rows]
-        rt.add_row(t.name, t.title, str(len(t.rows)), str(st.count(RowStatus.RUNNABLE)),
-                   str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)),
-                   str(st.count(RowStatus.REFUSED)))
-    _console().print(rt)
+        lines.append((t.name, t.title, str(len(t.rows)), str(st.count(RowStatus.RUNNABLE)),
+                      str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)),
+                      str(st.count(RowStatus.REFUSED))))
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    room = shutil.get_terminal_size((120, 24)).columns - sum(widths) + widths[1] - 2 * (len(head) - 1)
+    widths[1] = max(12, min(widths[1], room))
+
+    def fmt(cells) -> str:
+        out = []
+        for i, (c, w) in enumerate(zip(cells, widths)):
+            c = c if len(c) <= w else c[: w - 1] + "…"
+            out.append(c.ljust(w) if i < 2 else c.rjust(w))
+        return "  ".join(out).rstrip()
+
+    click.echo(fmt(head))
+    click.echo("  ".join("-" * w for w in widths))
+    for cells in lines:
+        click.echo(fmt(cells))
+    click.echo(f"{len(tables)} tables, {sum(len(t.rows) for t in tables)} rows")
 
 
 # ----------------------------------------------------------------------------------------- show
