@@ -2,7 +2,7 @@
 # Installs bench and its pinned stack into ./.venv (idempotent; safe to re-run).
 #   ./install.sh          runtime install
 #   ./install.sh --dev    runtime + test dependencies (pytest, ...)
-# mmcv 2.1.0 exists on PyPI only as a source tarball and takes ~11 min to build with its
+# mmcv 2.1.0 exists on PyPI only as a source tarball and takes ~7 min to build with its
 # compiled ops on 2 cores, so the built wheel is cached under $BENCH_CACHE (default
 # ~/.cache/bench) and reused by every later install on the same machine.
 set -euo pipefail
@@ -48,7 +48,7 @@ if "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'"
   log "mmcv $MMCV_VERSION with ops already installed"
 else
   if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
-    log "building mmcv $MMCV_VERSION with compiled ops (cold: ~11 min on 2 cores; cached in $WHEEL_DIR)"
+    log "building mmcv $MMCV_VERSION with compiled ops (cold: ~7 min on 2 cores; cached in $WHEEL_DIR)"
     tmp=$(mktemp -d)
     "$VPY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$tmp"
     MMCV_WITH_OPS=1 FORCE_CUDA=$CUDA MAX_JOBS=${MAX_JOBS:-$(nproc)} \
