@@ -229,9 +229,8 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from bench.job import (_versions, coco_metrics, count_trainable, device_description, git_commit,
+    from bench.job import (_versions, count_trainable, device_description, evaluated_metrics, git_commit,
                            measure_flops, measure_speed, SpeedProbe)
-    from bench.plan import metric_list
     from bench.resolve import register_all
     from bench.results import Measurement, Result
 
@@ -276,15 +275,7 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
             probe.remove()
     phases["test"] = time.time() - t
     t = time.time()
-    measured = coco_metrics(metrics)
-    notes: dict[str, str] = {}
-    ev = cfg.get("test_evaluator") or {}
-    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict) for m in metric_list(e.get("metric"))}
-    for prefix in [p for m, p in (("segm", "mask"), ("bbox", "box")) if m in asked]:
-        if not any(k.startswith(prefix + "_") for k in measured):   # as bench.job: CocoMetric skipped COCOeval
-            for k in ("AP", "AP50", "AP75"):
-                measured[f"{prefix}_{k}"] = 0.0
-                notes[f"{prefix}_{k}"] = "no detections on the evaluation split: AP is 0 (COCOeval was not run)"
+    measured, notes = evaluated_metrics(metrics, cfg)  # as bench run: an AP of 0 where CocoMetric skipped COCOeval
     if kept is not None:
         for k in [k for k in measured if k.startswith(("mask_", "box_"))]:
             notes[k] = (f"--limit {limit}: the first {kept} evaluation image(s) only, "

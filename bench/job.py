@@ -172,6 +172,22 @@ def measure_speed(model, dataloader, n_images: int, warmup: int = 3) -> tuple[Op
     return len(times) / sum(times), _protocol(warmup, len(times), cuda, "separate timing pass after evaluation")
 
 
+def evaluated_metrics(metrics: dict, cfg) -> tuple[dict[str, Optional[float]], dict[str, str]]:
+    """(measured, notes) from ``runner.test()``'s metrics: the COCO cells of each IoU type the config's
+    evaluator asks for, an AP of 0 (with the reason) where mmdet's CocoMetric skipped COCOeval because
+    the model detected nothing."""
+    measured = coco_metrics(metrics)
+    notes: dict[str, str] = {}
+    ev = cfg.get("test_evaluator") or {}
+    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict) for m in metric_list(e.get("metric"))}
+    for prefix in [p for m, p in (("segm", "mask"), ("bbox", "box")) if m in asked]:
+        if not any(k.startswith(prefix + "_") for k in measured):
+            for k in ("AP", "AP50", "AP75"):
+                measured[f"{prefix}_{k}"] = 0.0
+                notes[f"{prefix}_{k}"] = "no detections on the evaluation split: AP is 0 (COCOeval was not run)"
+    return measured, notes
+
+
 def coco_metrics(metrics: dict) -> dict[str, Optional[float]]:
     out: dict[str, Optional[float]] = {}
     for task, prefix in (("segm", "mask"), ("bbox", "box")):
@@ -665,16 +681,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if rank() != 0:
         return {}, {}, {}
     t = time.perf_counter()
-    measured = coco_metrics(metrics)
-    notes: dict[str, str] = {}
-    ev = cfg.get("test_evaluator") or {}
-    asked = {m for e in (ev if isinstance(ev, list) else [ev]) if isinstance(e, dict) for m in metric_list(e.get("metric"))}
-    for prefix in [p for m, p in (("segm", "mask"), ("bbox", "box")) if m in asked]:
-        if not any(k.startswith(prefix + "_") for k in measured):
-            # mmdet's CocoMetric skips COCOeval when the model detects nothing: that is an AP of 0
-            for k in ("AP", "AP50", "AP75"):
-                measured[f"{prefix}_{k}"] = 0.0
-                notes[f"{prefix}_{k}"] = "no detections on the evaluation split: AP is 0 (COCOeval was not run)"
+    measured, notes = evaluated_metrics(metrics, cfg)
     measured["params_M"] = count_trainable(model) / 1e6
     if spec.dataset == "synth":
         notes["params_M"] = (f"trainable parameters of the model as trained here: {len(cfg.train_dataloader.dataset.metainfo['classes'])} "

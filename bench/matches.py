@@ -149,6 +149,22 @@ def capture() -> Iterator[dict[str, Matches]]:
 FIELDS = ("img_ids", "iou_thrs", "det_cat", "det_img", "det_tp", "det_ig", "gt_cat", "gt_img", "gt_n")
 
 
+def _write_atomic(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed over it: a
+    reader sees the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def save(path: Path, groups: dict[str, Matches]) -> dict:
     """Write the groups to ``path`` atomically; returns the record a result file carries."""
     path = Path(path)
@@ -158,17 +174,7 @@ def save(path: Path, groups: dict[str, Matches]) -> dict:
         for f in FIELDS:
             arrays[f"{t}_{f}"] = getattr(m, f)
         arrays[f"{t}_n_cats"] = np.asarray([m.n_cats], np.int64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"file": path.name, "sha256": digest, "iou_types": sorted(groups),
             "images": max((m.n_images for m in groups.values()), default=0),
@@ -417,15 +423,6 @@ def copy_beside(src: Path, result_path: Path, record: dict) -> dict:
 
     dst = matches_path(result_path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as r:
-            shutil.copyfileobj(r, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with open(src, "rb") as r:
+        _write_atomic(dst, lambda f: shutil.copyfileobj(r, f))
     return dict(record, file=dst.name)
