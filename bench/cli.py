@@ -938,8 +938,9 @@ def profile_cmd(ctx, table, as_json, no_flops) -> None:
 @click.pass_context
 def audit_cmd(ctx, tables, no_flops, as_json) -> None:
     """Check TABLES (default: all) without training: #params and GFLOPs of each row's paper-scale model against
-    the published cells (exact / within / outside, by the printed precision), and the paper's published numbers
-    against each other. Comparable at any scale; profiles are cached by model, so a second audit is instant."""
+    the published cells (exact / within / outside, by the printed precision); the paper's published numbers
+    against each other; each figure the text states (a recipe claim's delta) against the table's own cells;
+    mmdet-zoo rows against the zoo's metafile. Comparable at any scale; profiles are cached by model."""
     from dataclasses import asdict
 
     from bench.audit import CLAIM_RULE, PRECISION_RULE, ZOO_RULE, as_json as audit_json, audit
