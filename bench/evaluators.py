@@ -109,7 +109,8 @@ def _params_copy(params):
     return p
 
 
-def _quiet():
+def quiet():
+    """Silence an evaluator's prints and warnings (a context manager)."""
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(warnings.catch_warnings())
@@ -123,7 +124,7 @@ def _run_pycocotools(gt, dt, iou_type: str, params, want_matches: bool = True) -
     from bench.matches import from_cocoeval
 
     t = time.perf_counter()
-    with _quiet():
+    with quiet():
         ev = COCOeval(gt, dt, iou_type)
         ev.params = _params_copy(params)
         ev.evaluate()
@@ -142,7 +143,7 @@ def summary(eval_: dict, params) -> np.ndarray:
     0.18106)."""
     from pycocotools.cocoeval import COCOeval
 
-    with _quiet():
+    with quiet():
         shell = COCOeval(iouType=params.iouType)
         shell.params = params
         shell.eval = {"precision": np.asarray(eval_["precision"], np.float64),
@@ -222,7 +223,7 @@ def _run_hotcoco(gt, dt, iou_type: str, params, want_matches: bool = True) -> Ev
         hp.use_cats = bool(q.useCats)
         return ev
 
-    with _quiet():
+    with quiet():
         hgt = _converted_gt("hotcoco", gt, hotcoco.COCO)
         t = time.perf_counter()
         hdt = hotcoco.COCO(_dt_dataset(gt, dt))
@@ -253,7 +254,7 @@ def _run_faster(gt, dt, iou_type: str, params, want_matches: bool = True) -> Eva
     from faster_coco_eval import COCOeval_faster
 
     p = _params_copy(params)
-    with _quiet():
+    with quiet():
         fgt = _converted_gt("faster-coco-eval", gt, lambda d: FCOCO(d))
         t = time.perf_counter()
         fdt = FCOCO(_dt_dataset(gt, dt))
@@ -428,14 +429,14 @@ def run_check(name: str) -> Check:
     if v is None:
         raise EvaluatorError(f"evaluator {name!r} is not installed (pip install {DISTRIBUTION[name]})")
     gt_data, boxes, segms = fixture()
-    with _quiet():
+    with quiet():
         gt = COCO()
         gt.dataset = gt_data
         gt.createIndex()
     cases, worst, stats_ok, match_note = [], 0.0, True, "identical"
     t_cand = t_ref = 0.0
     for iou_type, preds in (("bbox", boxes), ("segm", segms)):
-        with _quiet():
+        with quiet():
             dt = gt.loadRes([dict(d) for d in preds])
         for pname, make in (("mmdet", mmdet_params), ("pycocotools-default", default_params)):
             params = make(gt, iou_type)

@@ -15,16 +15,17 @@ Stats are compared with pycocotools' to 1e-9, the job path's matches array by ar
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
+import sys
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.evaluators import quiet  # noqa: E402  (silences an evaluator's prints and warnings)
 
 
 def detections(gt: dict, rng: np.random.Generator) -> list[dict]:
@@ -61,14 +62,6 @@ def as_mmdet(dets: list[dict], iou: str) -> list[dict]:
     """What mmdet's CocoMetric hands loadRes: bbox results without masks, segm results without boxes."""
     drop = "segmentation" if iou == "bbox" else "bbox"
     return [{k: v for k, v in d.items() if k != drop} for d in dets]
-
-
-def quiet():
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    return stack
 
 
 def native(name: str, gt_file: str, dets: list, iou: str) -> tuple[float, np.ndarray]:
