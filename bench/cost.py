@@ -76,6 +76,33 @@ def module_signature(model: Optional[dict]) -> str:
     return f"{model_signature(model)}#{canonical_hash(sorted(set(iter_types(parts))), 6)}"
 
 
+def sampled_rois(model: Optional[dict]) -> Optional[list[int]]:
+    """The R-CNN stages' RoI samplers' ``num`` (train_cfg.rcnn; sorted, distinct), or None without one.
+    Runs of one signature sampled at different counts (a scale's ``type_caps``) take different times."""
+    found: set[int] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            smp = node.get("sampler")
+            if isinstance(smp, dict) and isinstance(smp.get("num"), int):
+                found.add(smp["num"])
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    train = model.get("train_cfg") if isinstance(model, dict) else None
+    visit(train.get("rcnn") if isinstance(train, dict) else None)
+    return sorted(found) or None
+
+
+def _same_rois(entry: dict, rois: Optional[list[int]]) -> bool:
+    """An entry measured at other sampled-RoI counts does not estimate this model; one that does not
+    say (calibrations before the field) is taken as it is."""
+    return "rois" not in entry or entry["rois"] == rois
+
+
 def _coarse(sig: str) -> str:
     return sig.split("#", 1)[0]
 
@@ -132,8 +159,10 @@ def results_rates(results_root: Path, scale_name: str) -> dict[str, list[dict]]:
         if (rec.get("status") != "done" or m.get("resumed_from") or m.get("trained_by")
                 or not m.get("iterations") or "train" not in phases):
             continue
-        sig = module_signature((rec.get("config") or {}).get("model"))
+        model = (rec.get("config") or {}).get("model")
+        sig = module_signature(model)
         out.setdefault(sig, []).append(dict(
+            rois=sampled_rois(model),
             s_per_iter=phases["train"] / m["iterations"],
             test_s_per_image=phases.get("test", 0.0) / max(1, m.get("eval_images") or 1),
             fixed_s=phases.get("setup", 0.0) + phases.get("measure", 0.0),
@@ -162,13 +191,15 @@ class CostModel:
 
     def rate(self, model: Optional[dict], input_size: Optional[list[int]]) -> Rate:
         sig = module_signature(model)
-        cal = self.cal.get("rates") or {}
-        if self.measured.get(sig):
-            return self._results(self.measured[sig], "same modules")
+        rois = sampled_rois(model)
+        cal = {k: e for k, e in (self.cal.get("rates") or {}).items() if _same_rois(e, rois)}
+        measured = {k: [r for r in rs if _same_rois(r, rois)] for k, rs in self.measured.items()}
+        if measured.get(sig):
+            return self._results(measured[sig], "same modules")
         if sig in cal:
             return self._calibrated([cal[sig]], "same modules")
         coarse = _coarse(sig)
-        runs = [r for k, rs in self.measured.items() if _coarse(k) == coarse for r in rs]
+        runs = [r for k, rs in measured.items() if _coarse(k) == coarse for r in rs]
         if runs:
             return self._results(runs, "same detector/head/backbone/neck")
         entries = [e for k, e in cal.items() if _coarse(k) == coarse]

@@ -52,6 +52,10 @@ class Scale:
     seed: int
     synth: Optional[dict] = None   # smoke: the synthetic set's spec (train_images, val_images, size)
     caps: Optional[dict] = None    # smoke: upper bounds on sampling/proposal counts in model train/test cfgs
+    # smoke: tighter caps for models that hold one of the listed module types (the heads whose per-RoI cost
+    # dominates a smoke run): [{types: [...], caps: {...}, why: "..."}]. Not part of the run key by itself:
+    # what it changes is in the config, which the key hashes, so rows it does not touch keep their keys.
+    type_caps: Optional[list] = None
 
     @classmethod
     def load(cls, name: str) -> "Scale":
@@ -68,6 +72,18 @@ class Scale:
             raise PlanError(f"{path}: {e}") from None
         if scale.name not in ("smoke", "paper"):
             raise PlanError(f"{path}: field name: must be 'smoke' or 'paper', got {scale.name!r}")
+        for i, rule in enumerate(scale.type_caps or []):
+            where = f"{path}: field type_caps[{i}]"
+            if not isinstance(rule, dict) or set(rule) - {"types", "caps", "why"}:
+                raise PlanError(f"{where}: must be a mapping with types, caps and why")
+            types, caps = rule.get("types"), rule.get("caps")
+            if not (isinstance(types, list) and types and all(isinstance(t, str) for t in types)):
+                raise PlanError(f"{where}.types: must be a non-empty list of registered type names")
+            if not (isinstance(caps, dict) and caps and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in caps.values())):
+                raise PlanError(f"{where}.caps: must map cfg keys to positive integers, got {caps!r}")
+            if not isinstance(rule.get("why"), str) or not rule["why"].strip():
+                raise PlanError(f"{where}.why: say why these types get tighter caps")
         return scale
 
     def as_dict(self) -> dict:
@@ -230,25 +246,68 @@ def _apply_dataset(cfg: dict, dataset: str, root: Path, eval_split: str, batch: 
 
 def _apply_caps(model: dict, caps: dict) -> list[str]:
     """Lower sampling and proposal counts inside the model's train_cfg/test_cfg (never architecture):
-    e.g. RoI sampler num 512 -> 128. Returns what changed, 'path: old -> new'."""
+    e.g. RoI sampler num 512 -> 128. A key caps that setting anywhere in them; a dotted key ``part.key``
+    only under that part of train_cfg/test_cfg (``rcnn.num``: the R-CNN stages' samplers, not the RPN's).
+    Returns what changed, 'path: old -> new'."""
     changed: list[str] = []
 
-    def visit(node: Any, path: str) -> None:
+    def visit(node: Any, path: str, bounds: dict) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 p = f"{path}.{k}"
-                if k in caps and isinstance(v, int) and not isinstance(v, bool) and v > caps[k]:
-                    node[k] = caps[k]
-                    changed.append(f"{p}: {v} -> {caps[k]}")
+                if k in bounds and isinstance(v, int) and not isinstance(v, bool) and v > bounds[k]:
+                    node[k] = bounds[k]
+                    changed.append(f"{p}: {v} -> {bounds[k]}")
                 else:
-                    visit(v, p)
+                    visit(v, p, bounds)
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                visit(v, f"{path}[{i}]")
+                visit(v, f"{path}[{i}]", bounds)
 
+    plain = {k: v for k, v in caps.items() if "." not in k}
     for part in ("train_cfg", "test_cfg"):
-        visit(model.get(part), f"model.{part}")
+        cfg = model.get(part)
+        if not isinstance(cfg, dict):
+            visit(cfg, f"model.{part}", plain)
+            continue
+        for name, sub in cfg.items():
+            scoped = {k.split(".", 1)[1]: v for k, v in caps.items() if k.startswith(f"{name}.")}
+            bounds = {**plain, **{k: min(v, plain.get(k, v)) for k, v in scoped.items()}}
+            p = f"model.{part}.{name}"
+            if name in bounds and isinstance(sub, int) and not isinstance(sub, bool) and sub > bounds[name]:
+                cfg[name] = bounds[name]
+                changed.append(f"{p}: {sub} -> {bounds[name]}")
+            else:
+                visit(sub, p, bounds)
     return changed
+
+
+def model_types(node: Any) -> set[str]:
+    """Every ``type`` string named anywhere in a (model) config."""
+    found: set[str] = set()
+
+    def add(d: dict) -> None:
+        if isinstance(d.get("type"), str):
+            found.add(d["type"])
+    _walk(node, add)
+    return found
+
+
+def effective_caps(model: dict, scale: "Scale") -> tuple[dict, list[str]]:
+    """The caps a model gets at a scale: the scale's ``caps``, lowered by every ``type_caps`` rule whose
+    types the model's config names (architecture parts, not train_cfg/test_cfg). Returns (caps, the
+    types that triggered a rule)."""
+    caps = dict(scale.caps or {})
+    arch = {k: v for k, v in model.items() if k not in ("train_cfg", "test_cfg")}
+    present = model_types(arch)
+    hit: list[str] = []
+    for rule in scale.type_caps or []:
+        matched = sorted(present & set(rule["types"]))
+        if matched:
+            hit += [t for t in matched if t not in hit]
+            for k, v in rule["caps"].items():
+                caps[k] = min(v, caps.get(k, v))
+    return caps, hit
 
 
 def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
@@ -263,9 +322,12 @@ def _smoke_overlay(cfg: dict, row: Row, scale: Scale) -> dict:
         if key == "train_dataloader":
             dl["sampler"] = {"type": "InfiniteSampler", "shuffle": True}
             dl.pop("batch_sampler", None)
-    capped = _apply_caps(cfg["model"], scale.caps or {})
+    caps, heavy = effective_caps(cfg["model"], scale)
+    capped = _apply_caps(cfg["model"], caps)
     if capped:
         record["caps"] = capped
+    if heavy:
+        record["type_caps"] = {"types": heavy, "caps": {k: v for k, v in caps.items() if v != (scale.caps or {}).get(k)}}
     cfg["train_cfg"] = {"type": "IterBasedTrainLoop", "max_iters": n, "val_interval": n}
     cfg["val_cfg"] = {"type": "ValLoop"}
     cfg["test_cfg"] = {"type": "TestLoop"}
@@ -582,7 +644,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             data_key = (f"synth:{synth_fingerprint(scale, Path(facts['root']))}" if facts["dataset"] == "synth"
                         else f"{facts['dataset']}:{facts['root']}:{facts['eval_split']}")
             config_hash = canonical_hash(cfg)
-            scale_key = {k: v for k, v in scale.as_dict().items() if k != "description"}
+            scale_key = {k: v for k, v in scale.as_dict().items() if k not in ("description", "type_caps")}
             code = versions | {"bench_models": model_code_fingerprint(cfg)}
             key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key, "code": code})
             train_key = canonical_hash({"config": canonical_hash(training_view(cfg)), "scale": scale_key,

@@ -11,7 +11,7 @@ and not counted), saves one checkpoint and tests on the scale's synthetic valida
 - a per-signature line on stdout (record it in ``benchmarks/smoke_costs.txt``).
 
     .venv/bin/python benchmarks/smoke_costs.py [--scale smoke] [--iters 6] [--warmup 2] [--test-images 8]
-        [--only SUBSTR] [--missing] [--redo-below S]
+        [--only SUBSTR]... [--missing] [--redo-below S] [--type-capped] [--write FILE]
 
 Run it on an otherwise idle machine. A signature whose run fails is reported and left out.
 """
@@ -89,13 +89,18 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6, help="timed training iterations per signature")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first iterations")
     ap.add_argument("--test-images", type=int, default=8, help="validation images tested per signature")
-    ap.add_argument("--only", default=None, help="calibrate only signatures containing this text (merged into the file)")
+    ap.add_argument("--only", action="append", default=None,
+                    help="calibrate only signatures containing this text (repeatable; merged into the file)")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="the rates file to write (default bench/scales/costs/<scale>.yaml, which bench/cost.py reads)")
     ap.add_argument("--missing", action="store_true", help="calibrate only signatures the file lacks (merged into it)")
     ap.add_argument("--redo-below", type=float, default=None, metavar="S",
                     help="also recalibrate signatures the file has at under S seconds per iteration (merged into it)")
+    ap.add_argument("--type-capped", action="store_true",
+                    help="recalibrate only signatures whose row gets the scale's type_caps (merged into the file)")
     args = ap.parse_args()
 
-    from bench.cost import COSTS_DIR, module_signature
+    from bench.cost import COSTS_DIR, module_signature, sampled_rois
     from bench.data import synth
     from bench.plan import Scale, make_plan, synth_spec
     from bench.recipes import Catalogue
@@ -114,10 +119,12 @@ def main() -> None:
             spec = plan.runs[pr.run_key]
             sig = module_signature(spec.config.get("model"))
             counts[sig] = counts.get(sig, 0) + 1
-            if sig not in picked and (args.only is None or args.only in sig):
+            if args.type_capped and not spec.overlay.get("type_caps"):
+                continue
+            if sig not in picked and (args.only is None or any(o in sig for o in args.only)):
                 picked[sig] = (f"{table.name}/{pr.row.id}", spec)
-    out_path = COSTS_DIR / f"{scale.name}.yaml"
-    merge = args.only or args.missing or args.redo_below is not None
+    out_path = args.write or COSTS_DIR / f"{scale.name}.yaml"
+    merge = args.only or args.missing or args.redo_below is not None or args.type_capped
     old = yaml.safe_load(out_path.read_text()) if out_path.exists() and merge else {}
     rates = dict((old or {}).get("rates") or {})
     if args.missing or args.redo_below is not None:
@@ -129,7 +136,7 @@ def main() -> None:
     from mmengine.config import Config
 
     def write() -> None:  # after every signature: an interrupted calibration keeps what it measured
-        COSTS_DIR.mkdir(parents=True, exist_ok=True)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         doc = dict(machine=machine(), measured_at=str(dt.date.today()), scale=scale.name,
                    input_size=scale.input_size, batch_size=scale.batch_size,
                    method=("benchmarks/smoke_costs.py: median of timed_iters training iterations after warmup_iters "
@@ -162,13 +169,13 @@ def main() -> None:
         fixed = c["setup_s"] + n_ckpt * c["checkpoint_s"] + OUTSIDE_S
         test_img = c["test_s"] / max(1, c["test_images"])
         rates[sig] = dict(s_per_iter=round(s_iter, 3), test_s_per_image=round(test_img, 3), fixed_s=round(fixed, 1),
-                          row=row, rows=counts[sig], warmup_iters=args.warmup, timed_iters=len(its),
+                          row=row, rows=counts[sig], rois=sampled_rois(spec.config.get("model")), warmup_iters=args.warmup, timed_iters=len(its),
                           test_images=c["test_images"])
         print(f"{sig:70} {counts[sig]:>4} {s_iter:7.2f} {its[0]:6.2f}-{its[-1]:<6.2f} {test_img:10.2f} {fixed:7.1f}  {row} "
               f"[{time.time() - t_sig:.0f} s]", flush=True)
         write()
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"# wrote {out_path.relative_to(REPO)} ({len(rates)} signatures)")
+    print(f"# wrote {out_path} ({len(rates)} signatures)")
 
 
 if __name__ == "__main__":

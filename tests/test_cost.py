@@ -82,3 +82,33 @@ def test_dry_run_names_each_estimates_source(tmp_path):
     assert "5 run(s) to start" in p.stdout
     assert "calibration" in p.stdout and "formula" not in p.stdout
     assert "est. min" in p.stdout
+
+
+def test_runs_sampling_other_roi_counts_do_not_estimate_each_other(tmp_path):
+    """A scale's type_caps lower a heavy head's sampled RoIs (512 -> 32 at smoke): runs finished under the
+    old count (128) must not set the estimate of the capped model, and the shipped calibration of a
+    capped signature says which count it measured."""
+    import copy
+
+    from bench.plan import make_plan
+
+    t = Catalogue().load("sbr-cnn/table-11")
+    plan = make_plan([(t, [next(r for r in t.rows if r.id == "sbr-cnn")])], "smoke", tmp_path / "plan")
+    capped = plan.runs[plan.rows[0].run_key].config["model"]
+    assert cost.sampled_rois(capped) == [32]
+    old = copy.deepcopy(capped)
+    for stage in old["train_cfg"]["rcnn"]:
+        stage["sampler"]["num"] = 128
+    assert cost.sampled_rois(old) == [128] and cost.module_signature(old) == cost.module_signature(capped)
+
+    root = tmp_path / "results"
+    _run_record(root, "old", old, train_s=6000.0, iters=200, test_s=170.0, eval_images=24)
+    est = cost.CostModel(root, "smoke")
+    assert est.rate(old, [160, 160]).kind == "results"
+    r = est.rate(capped, [160, 160])
+    assert r.kind == "calibration" and r.s_per_iter < 30.0, r   # not the old runs' 30 s/iteration
+    cal = cost.calibration("smoke")["rates"][cost.module_signature(capped)]
+    assert cal["rois"] == [32]
+    _run_record(root, "new", capped, train_s=2000.0, iters=200, test_s=170.0, eval_images=24)
+    r = cost.CostModel(root, "smoke").rate(capped, [160, 160])
+    assert r.kind == "results" and r.s_per_iter == pytest.approx(10.0)

@@ -2,6 +2,8 @@
 nested ones included (a multi-scale RandomChoice left alone trains DETR-style rows at ~800 px)."""
 from __future__ import annotations
 
+import pytest
+
 from bench.plan import _resize_pipeline
 
 DETR_TRAIN = [  # the shape of mmdet's Deformable DETR train pipeline
@@ -63,3 +65,70 @@ def test_fixed_size_resize_stays_fixed_size():
     pipe = [{"type": "MinIoURandomCrop"}, {"type": "Resize", "scale": (550, 550), "keep_ratio": False}]
     _resize_pipeline(pipe, [160, 160])
     assert pipe[1] == {"type": "Resize", "scale": (160, 160), "keep_ratio": False}
+
+
+def _smoke_run(tmp_path, table: str, row: str, scale):
+    from bench.plan import make_plan
+    from bench.recipes import Catalogue
+
+    t = Catalogue().load(table)
+    plan = make_plan([(t, [next(r for r in t.rows if r.id == row)])], scale, tmp_path / "results")
+    pr = plan.rows[0]
+    return pr.run_key, plan.runs[pr.run_key]
+
+
+def _sampler_nums(cfg: dict) -> list[int]:
+    from bench.cost import sampled_rois
+
+    return sampled_rois(cfg["model"])
+
+
+def test_heavy_roi_heads_sample_fewer_rois_and_others_keep_their_keys(tmp_path):
+    """Issue 14 item 6: sbr-cnn's FCC / GRoIE / 7x7 non-local heads cost ~30 s per smoke iteration at 128
+    sampled RoIs per image; the smoke scale's type_caps lower their samplers to 32 and say so in the run's
+    overlay record, while rows without those modules keep the caps (and run keys) they had."""
+    import yaml
+
+    from bench.plan import SCALES_DIR
+
+    _, sbr = _smoke_run(tmp_path, "sbr-cnn/table-11", "sbr-cnn", "smoke")
+    assert _sampler_nums(sbr.config) == [32]                       # every R3 stage's sampler
+    assert {"FCCBBoxHead", "GenericRoIExtractor"} <= set(sbr.overlay["type_caps"]["types"])
+    assert sbr.overlay["type_caps"]["caps"] == {"rcnn.num": 32}
+    assert not any(".rpn." in c and c.endswith("-> 32") for c in sbr.overlay["caps"])   # the RPN keeps 128
+    assert any(c.endswith("512 -> 32") for c in sbr.overlay["caps"])
+    _, faster = _smoke_run(tmp_path, "sbr-cnn/table-8", "nonlocal7x7", "smoke")   # GRoIE + 7x7 non-local
+    assert _sampler_nums(faster.config) == [32]
+
+    # a plain Mask R-CNN row: the scale's base cap, no type_caps record, and the same run key as under a
+    # scale file without type_caps at all (the rule does not reach into rows it does not touch)
+    key, mrcnn = _smoke_run(tmp_path, "sbr-cnn/table-2", "mask-1x", "smoke")
+    assert _sampler_nums(mrcnn.config) == [128] and "type_caps" not in mrcnn.overlay
+    plain = yaml.safe_load((SCALES_DIR / "smoke.yaml").read_text())
+    plain.pop("type_caps")
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
+    assert _smoke_run(tmp_path, "sbr-cnn/table-2", "mask-1x", str(tmp_path / "plain.yaml"))[0] == key
+    _, sbr_plain = _smoke_run(tmp_path, "sbr-cnn/table-11", "sbr-cnn", str(tmp_path / "plain.yaml"))
+    assert _sampler_nums(sbr_plain.config) == [128]   # what it was before the rule
+
+
+def test_type_caps_name_registered_types_and_bad_rules_name_the_field(tmp_path):
+    import yaml
+
+    from bench.plan import SCALES_DIR, PlanError, Scale
+    from bench.resolve import known_types
+
+    scale = Scale.load("smoke")
+    named = {t for rule in scale.type_caps for t in rule["types"]}
+    assert named and not named - known_types(), named - known_types()   # a typo would silently match nothing
+
+    doc = yaml.safe_load((SCALES_DIR / "smoke.yaml").read_text())
+    for bad, field in (({"types": "FCCBBoxHead", "caps": {"num": 32}, "why": "x"}, "type_caps[0].types"),
+                       ({"types": ["FCCBBoxHead"], "caps": {"num": 0}, "why": "x"}, "type_caps[0].caps"),
+                       ({"types": ["FCCBBoxHead"], "caps": {"num": 32}}, "type_caps[0].why")):
+        doc["type_caps"] = [bad]
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        with pytest.raises(PlanError) as e:
+            Scale.load(str(path))
+        assert str(path) in str(e.value) and field in str(e.value)
