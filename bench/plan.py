@@ -9,6 +9,7 @@ training, and a row whose result file carries the current run key is skipped.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,13 @@ def code_version(config: Optional[dict] = None) -> dict[str, str]:
     """What the run key includes besides the config: bench, the bench model code the config uses
     (its files only), and the libraries."""
     v = {"bench": __version__, "bench_models": model_code_fingerprint(config) if config is not None else "none"}
+    return v | _library_versions()
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:
+    """The libraries' versions, read once per process (importlib.metadata scans site-packages each call)."""
+    v = {}
     for lib in ("torch", "mmengine", "mmcv", "mmdet"):
         try:
             v[lib] = importlib.metadata.version(lib)

@@ -176,8 +176,27 @@ def known_types() -> frozenset[str]:
     return frozenset(_types_index())
 
 
+def _file_state(rel: str) -> tuple[int, int]:
+    st = (BENCH_DIR.parent / rel).stat()
+    return st.st_mtime_ns, st.st_size
+
+
+#: per process: (file, mtime, size) -> what it imports / its bytes (a report render or an audit asks for the
+#: fingerprint of hundreds of configs, each re-parsing the same few model files: ~7 s of a cold render)
+_IMPORTS_MEMO: dict[tuple[str, int, int], frozenset[str]] = {}
+_BYTES_MEMO: dict[tuple[str, int, int], bytes] = {}
+
+
 def _bench_imports(rel: str) -> set[str]:
-    """bench/models files that ``rel`` imports (``from bench.models.x import ...``, ``from .x import ...``)."""
+    """bench/models files that ``rel`` imports (``from bench.models.x import ...``, ``from .x import ...``);
+    memoised per process by the file's mtime and size."""
+    key = (rel, *_file_state(rel))
+    if key not in _IMPORTS_MEMO:
+        _IMPORTS_MEMO[key] = frozenset(_parse_bench_imports(rel))
+    return set(_IMPORTS_MEMO[key])
+
+
+def _parse_bench_imports(rel: str) -> set[str]:
     import ast
 
     out: set[str] = set()
@@ -212,8 +231,11 @@ def model_code_fingerprint(config: Any) -> str:
         return "none"
     h = hashlib.sha256()
     for rel in sorted(files):
+        key = (rel, *_file_state(rel))
+        if key not in _BYTES_MEMO:
+            _BYTES_MEMO[key] = (BENCH_DIR.parent / rel).read_bytes()
         h.update(rel.encode())
-        h.update((BENCH_DIR.parent / rel).read_bytes())
+        h.update(_BYTES_MEMO[key])
     return h.hexdigest()[:16]
 
 

@@ -26,3 +26,25 @@ def test_smoke_run_key_follows_the_dataset_content_not_the_folder_name(tmp_path)
     shutil.rmtree(data)
     synth.generate(data, synth.SynthSpec(**{**spec.__dict__, "seed": spec.seed + 1}))
     assert _key(data, tmp_path / "r") != first
+
+
+def test_model_code_fingerprint_follows_an_edit_within_one_process(tmp_path, monkeypatch):
+    """The fingerprint's per-process memo of model files (what they import, their bytes) is keyed by each
+    file's mtime and size: an edit of a model file changes the run key of a config using it at once."""
+    import os
+    import shutil
+
+    from bench import resolve
+
+    fake = tmp_path / "bench"
+    shutil.copytree(resolve.BENCH_DIR / "models", fake / "models")
+    monkeypatch.setattr(resolve, "BENCH_DIR", fake)
+    cfg = {"roi_head": {"bbox_head": {"type": "FCCBBoxHead"}}}
+    first = resolve.model_code_fingerprint(cfg)
+    assert first != "none" and resolve.model_code_fingerprint(cfg) == first
+    src = fake / "models" / "sbr_cnn.py"
+    st = src.stat()
+    src.write_text(src.read_text() + "\n# an edit\n")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert resolve.model_code_fingerprint(cfg) != first
+    assert resolve.model_code_fingerprint({"type": "MaskRCNN"}) == "none"
