@@ -741,8 +741,12 @@ def _run_with_progress(runs, cluster: str, max_parallel: int | None):
                    "these prefixes (repeatable); the result says what was skipped.")
 @click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding checkpoints by file name (repeatable; then $BENCH_WEIGHTS, torch's hub cache).")
+@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval", "hotcoco", "auto"]), default="auto",
+              show_default=True, help="COCO evaluator, as `bench run --evaluator`: one cross-checked against pycocotools "
+              "or refused with the difference; auto: the fastest verified one installed. Recorded in the result.")
 @click.pass_context
-def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow_partial, weights_dirs) -> None:
+def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow_partial, weights_dirs,
+             evaluator) -> None:
     """Evaluate a given checkpoint (released weights, another training) as TABLE's ROW: the row's config as
     `bench run` builds it, the checkpoint loaded strictly as data (its keys checked against the model), the
     row's COCO evaluation, params, FLOPs and speed. Writes results/<scale>/checkpoint-evals/<paper>/<table>/<row>.json
@@ -765,10 +769,17 @@ def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow
         path = Path(checkpoint)
     if scale == "paper" and not data_root:
         raise BenchError("--scale paper needs --data-root (as `bench run --scale paper`)")
+    from bench.evaluators import EvaluatorError, resolve
+
+    try:
+        chosen = resolve(evaluator)
+    except EvaluatorError as e:
+        raise BenchError(str(e)) from None
+    click.echo(f"evaluator: {chosen.label}" + (f" (not chosen: {chosen.why})" if chosen.why else ""))
     try:
         out, res = evaluate(t, r, path, _results_root(ctx), scale=scale, data_root=_data_roots(data_root), limit=limit,
                             device=device, allow_partial=tuple(allow_partial), weights_dirs=list(weights_dirs),
-                            checkpoint_note=note, released=released, on_line=click.echo)
+                            checkpoint_note=note, released=released, on_line=click.echo, evaluator=chosen.name)
     except (EvalError, PlanError, DataError) as e:
         raise BenchError(str(e)) from None
     m = res.measured

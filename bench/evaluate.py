@@ -179,10 +179,11 @@ def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale
              data_root=None, limit: Optional[int] = None, device: str = "cpu",
              allow_partial: tuple[str, ...] = (), weights_dirs: Optional[list[Path]] = None,
              checkpoint_note: Optional[str] = None, released: Optional[dict] = None,
-             on_line=lambda s: None) -> tuple[Path, Any]:
+             on_line=lambda s: None, evaluator: str = "pycocotools") -> tuple[Path, Any]:
     """Evaluate ``checkpoint`` as ``table``'s ``row``; write and return (result path, Result). ``released``: the
     mmdet zoo entry the file was taken for (``bench.zoo.local_checkpoint``); the result records whether the file's
-    SHA-256 begins as the released file's name says (only then does the report call it released weights)."""
+    SHA-256 begins as the released file's name says (only then does the report call it released weights).
+    ``evaluator``: the COCO evaluator (``bench.evaluators``; as ``bench run``'s jobs), recorded in the result."""
     import torch
 
     from bench.results import checkpoint_result_path, write_result
@@ -212,7 +213,7 @@ def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale
         with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp, open(partial, "w") as log_f, \
                 contextlib.redirect_stdout(log_f):
             res = _evaluate_in(Path(tmp), spec, table, row, ckpt_state, record, limit, device, allow_partial, where,
-                               checkpoint_note, started, t0)
+                               checkpoint_note, started, t0, evaluator)
     except BaseException:
         partial.replace(log.with_name(out.stem + ".failed.log"))
         raise
@@ -225,12 +226,14 @@ def evaluate(table: Table, row: Row, checkpoint: Path, results_root: Path, scale
 
 
 def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, record: dict, limit: Optional[int],
-                 device: str, allow_partial, where: str, checkpoint_note: Optional[str], started: str, t0: float):
+                 device: str, allow_partial, where: str, checkpoint_note: Optional[str], started: str, t0: float,
+                 evaluator: str = "pycocotools"):
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from bench.job import (_versions, count_trainable, device_description, evaluated_metrics, git_commit,
-                           measure_flops, measure_speed, SpeedProbe)
+    from bench.evaluators import use as use_evaluator
+    from bench.job import (_versions, count_trainable, device_description, evaluated_metrics, evaluator_outcome,
+                           git_commit, job_evaluator, measure_flops, measure_speed, SpeedProbe)
     from bench.resolve import register_all
     from bench.results import Measurement, Result
 
@@ -268,12 +271,15 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
         n_speed = min(n_speed, max(0, kept - 3))
     probe = (SpeedProbe(model, n_speed) if cfg.test_dataloader.get("batch_size", 1) == 1 and n_speed > 0
              else None)
+    evaluator_name, evaluator_label = job_evaluator(evaluator)
     try:
-        metrics = runner.test()
+        with use_evaluator(evaluator_name) as ran:
+            metrics = runner.test()
     finally:
         if probe is not None:
             probe.remove()
     phases["test"] = time.time() - t
+    evaluator_label = evaluator_outcome(evaluator_name, evaluator_label, ran)
     t = time.time()
     measured, notes = evaluated_metrics(metrics, cfg)  # as bench run: an AP of 0 where CocoMetric skipped COCOeval
     if kept is not None:
@@ -306,7 +312,7 @@ def _evaluate_in(work: Path, spec, table: Table, row: Row, ckpt_state: dict, rec
         eval_images=len(runner.test_dataloader.dataset), iterations=None, epochs=None, batch_size=spec.batch_size,
         gpus=spec.gpus, lr=None, input_size=spec.input_size, pretrained=bool(spec.scale_cfg["pretrained"]),
         seed=int(spec.scale_cfg["seed"]), device=device_description() if device == "cuda" else _cpu_device(),
-        speed_protocol=proto, flops_note=flops_note, eval_limit=limit,
+        speed_protocol=proto, flops_note=flops_note, eval_limit=limit, evaluator=evaluator_label,
         phases_s={k: round(v, 2) for k, v in phases.items()})
     record.update(note=checkpoint_note, keys_loaded=rep.loaded, skipped=skipped,
                   allow_partial=list(allow_partial))

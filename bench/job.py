@@ -611,6 +611,18 @@ def job_evaluator(asked: str) -> tuple[str, str]:
         return ref.name, f"{ref.label}; {asked} was asked, refused on this machine: {e}"
 
 
+def evaluator_outcome(name: str, label: str, ran: list[str]) -> str:
+    """The evaluator label a result records, given what actually ran COCOeval during the test
+    (``bench.evaluators.use``'s list)."""
+    if name != "pycocotools" and not any(r.startswith(name) for r in ran):
+        # the swapped COCOeval was never called: no detections (CocoMetric skips COCOeval), no CocoMetric,
+        # or its use_mp_eval (COCOevalMP, pycocotools)
+        return label + "; not called: the test evaluator ran no COCOeval through it"
+    if any(r.startswith("pycocotools") for r in ran):
+        return label + "; left to pycocotools itself: " + ", ".join(r for r in ran if r.startswith("pycocotools"))
+    return label
+
+
 def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     t0 = time.perf_counter()
     phases: dict[str, float] = {}  # wall seconds: setup (imports, data, Runner), train, test, measure
@@ -672,12 +684,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         if probe is not None:
             probe.remove()
     phases["test"] = time.perf_counter() - t
-    if evaluator_name != "pycocotools" and not any(r.startswith(evaluator_name) for r in ran):
-        # the swapped COCOeval was never called: no detections (CocoMetric skips COCOeval), no CocoMetric,
-        # or its use_mp_eval (COCOevalMP, pycocotools)
-        evaluator_label += "; not called: the test evaluator ran no COCOeval through it"
-    elif any(r.startswith("pycocotools") for r in ran):
-        evaluator_label += "; left to pycocotools itself: " + ", ".join(r for r in ran if r.startswith("pycocotools"))
+    evaluator_label = evaluator_outcome(evaluator_name, evaluator_label, ran)
     if rank() != 0:
         return {}, {}, {}
     t = time.perf_counter()

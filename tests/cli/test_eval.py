@@ -69,6 +69,22 @@ def test_eval_of_the_final_checkpoint_reproduces_the_trained_run(trained):
     assert ev.run_key == res.run_key and ev.measurement.eval_images == res.measurement.eval_images
     assert trained_path.read_bytes() == before                        # the trained result is untouched
     assert f"mask_AP {res.measured['mask_AP']:g}" in out and "result:" in out
+    from bench import evaluators as E
+
+    chosen = E.resolve("auto")   # as the trained run's jobs: the fastest verified evaluator installed
+    assert ev.measurement.evaluator == res.measurement.evaluator == chosen.label
+    assert f"evaluator: {chosen.label}" in out
+
+
+def test_eval_with_the_reference_evaluator_gives_the_same_numbers(trained):
+    """`bench eval --evaluator pycocotools` on the final checkpoint: every COCO cell equals the trained run's
+    (evaluated by `auto`, the fastest verified one), and the result names pycocotools."""
+    results, _, res, ckpt = trained
+    _eval(trained, "--checkpoint", str(ckpt), "--evaluator", "pycocotools")
+    ev = read_result(checkpoint_result_path(results, "smoke", TABLE, ROW))
+    assert ev.measurement.evaluator.startswith("pycocotools")
+    aps = [k for k in res.measured if k.startswith(("mask_", "box_"))]
+    assert {k: ev.measured[k] for k in aps} == {k: res.measured[k] for k in aps}
 
 
 def test_a_renamed_key_is_refused_with_the_key_named(trained, tmp_path):
