@@ -259,15 +259,19 @@ def _apply_caps(model: dict, caps: dict) -> list[str]:
     Returns what changed, 'path: old -> new'."""
     changed: list[str] = []
 
+    def lower(node: dict, k: str, path: str, bounds: dict) -> bool:
+        v = node[k]
+        if k in bounds and isinstance(v, int) and not isinstance(v, bool) and v > bounds[k]:
+            node[k] = bounds[k]
+            changed.append(f"{path}: {v} -> {bounds[k]}")
+            return True
+        return False
+
     def visit(node: Any, path: str, bounds: dict) -> None:
         if isinstance(node, dict):
-            for k, v in node.items():
-                p = f"{path}.{k}"
-                if k in bounds and isinstance(v, int) and not isinstance(v, bool) and v > bounds[k]:
-                    node[k] = bounds[k]
-                    changed.append(f"{p}: {v} -> {bounds[k]}")
-                else:
-                    visit(v, p, bounds)
+            for k in node:
+                if not lower(node, k, f"{path}.{k}", bounds):
+                    visit(node[k], f"{path}.{k}", bounds)
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 visit(v, f"{path}[{i}]", bounds)
@@ -278,15 +282,11 @@ def _apply_caps(model: dict, caps: dict) -> list[str]:
         if not isinstance(cfg, dict):
             visit(cfg, f"model.{part}", plain)
             continue
-        for name, sub in cfg.items():
+        for name in cfg:
             scoped = {k.split(".", 1)[1]: v for k, v in caps.items() if k.startswith(f"{name}.")}
             bounds = {**plain, **{k: min(v, plain.get(k, v)) for k, v in scoped.items()}}
-            p = f"model.{part}.{name}"
-            if name in bounds and isinstance(sub, int) and not isinstance(sub, bool) and sub > bounds[name]:
-                cfg[name] = bounds[name]
-                changed.append(f"{p}: {sub} -> {bounds[name]}")
-            else:
-                visit(sub, p, bounds)
+            if not lower(cfg, name, f"model.{part}.{name}", bounds):
+                visit(cfg[name], f"model.{part}.{name}", bounds)
     return changed
 
 
