@@ -130,7 +130,7 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
                  extra_roots: Sequence[Path] = (), workers: int = 1, cache: bool = True) -> ReportOutput:
     """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``).
 
-    ``workers`` > 1 draws the figures of several tables in that many spawned processes; a script calling
+    ``workers`` > 1 draws the figures of several tables in that many processes (this one and workers - 1 spawned); a script calling
     this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (multiprocessing's rule).
     ``cache`` False renders and writes everything (what a cached render's output always equals)."""
     from bench.report import cache as rc
@@ -225,13 +225,20 @@ def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+        # workers - 1 processes, this one being the last: it computes the audits, then draws the tables
+        # no worker has started (a worker's start-up, ~1 CPU-s of imports, is saved once)
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)) - 1,
+                                   mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = [pool.submit(write_plots, *a) for a in args] if pool else []
         akey = rc.audit_key(catalogue) if cache else None
         audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache
                   else pages.page_audit(v.table, catalogue) for v in views]
-        drawn = [f.result() for f in futures] if pool else [write_plots(*a) for a in args]
+        if pool:
+            local = {k: write_plots(*args[k]) for k in reversed(range(len(futures))) if futures[k].cancel()}
+            drawn = [local[k] if k in local else f.result() for k, f in enumerate(futures)]
+        else:
+            drawn = [write_plots(*a) for a in args]
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
