@@ -599,9 +599,13 @@ def _preflight_line(r: dict) -> str:
 @click.option("--gpus", type=int, default=None, help="GPUs the cluster run will use (decides the per-GPU batch).")
 @click.option("--cached", "use_cache", is_flag=True,
               help="Reuse a run's cached record if it passed with at least ITERS iterations on this device.")
+@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval", "hotcoco", "auto"]), default="auto",
+              show_default=True, help="COCO evaluator the runs' jobs will use (as `bench run --evaluator`): the 2-image "
+              "evaluation goes through it and the record names it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
 @click.pass_context
-def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, use_cache, as_json) -> None:
+def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, use_cache, evaluator,
+                  as_json) -> None:
     """Prove every run of TABLES' paper-scale plan starts, here, in minutes: real datasets counted as mmdet
     builds them, every checkpoint found and loaded with its keys checked, ITERS training iterations at the
     paper's input size and per-GPU batch with finite losses and gradients, then the test pipeline and the
@@ -618,9 +622,15 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
     if row_ids and len(tables) > 1:
         raise BenchError("--row selects rows of one table: give one TABLE with --row")
     root = _results_root(ctx)
+    from bench.evaluators import EvaluatorError, resolve
+
+    try:
+        chosen = resolve(evaluator)
+    except EvaluatorError as e:
+        raise BenchError(str(e)) from None
     try:
         plan = make_plan(pairs, "paper", root, data_root=_data_roots(data_root), force=True, gpus=gpus,
-                         weights_dirs=list(weights_dirs))
+                         weights_dirs=list(weights_dirs), evaluator=chosen.name)
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
     cannot = [pr for pr in plan.rows if pr.action == "cannot run"]
@@ -631,7 +641,8 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
                                        "train_instances", "train_ignored", "train_with_masks", "counted_images",
                                        "eval_images", "eval_instances", "iters", "s_per_iter", "first_iter_s",
                                        "peak_mem_mb", "mem_kind", "losses", "grad_params", "no_grad", "weights",
-                                       "eval_metrics", "device", "batch_per_gpu", "wall_s", "cached")} for r in recs]
+                                       "eval_metrics", "evaluator", "device", "batch_per_gpu", "wall_s", "cached")}
+               for r in recs]
         out += [{"table": pr.table, "row": pr.row.id, "rows": [f"{pr.table}/{pr.row.id}"], "run_key": None,
                  "status": "not runnable", "reason": f"{pr.status}: {pr.reason}"} for pr in cannot]
         click.echo(json.dumps(out, indent=2, default=str))

@@ -69,6 +69,7 @@ class Preflight:
     mem_kind: str = ""
     eval_metrics: dict[str, float] = field(default_factory=dict)
     eval_detections: Optional[int] = None
+    evaluator: str = ""                      # the COCO evaluator the run's jobs will use, as it ran here
     weights: list[dict] = field(default_factory=list)
     device: str = ""
     batch_per_gpu: Optional[int] = None
@@ -484,7 +485,13 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
             outputs = model.test_step(data)
             n_det += sum(len(o.pred_instances) for o in outputs if "pred_instances" in o)
             evaluator.process(data_samples=outputs, data_batch=data)
-    metrics = evaluator.evaluate(len(test_loader.dataset))
+    from bench.evaluators import use as use_evaluator
+    from bench.job import evaluator_outcome, job_evaluator
+
+    name, label = job_evaluator(getattr(spec, "evaluator", "pycocotools"))   # the jobs' evaluator, checked here too
+    with use_evaluator(name) as ran:
+        metrics = evaluator.evaluate(len(test_loader.dataset))
+    rec.evaluator = evaluator_outcome(name, label, ran)
     rec.eval_metrics = {k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))}
     rec.eval_detections = n_det
     phases["eval"] = time.perf_counter() - t

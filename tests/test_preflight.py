@@ -265,8 +265,13 @@ def test_preflight_per_model_family(family, table, row, coco_root, cityscapes_ro
     spec = only_run(paper_plan(table, [row], {"coco": coco_root, "cityscapes": cityscapes_root}, tmp_path / "r",
                                weights=weights_dir))
     spec = with_weights(spec, weights_dir)
+    from bench import evaluators as E
+
+    chosen = E.resolve("auto")
+    spec.evaluator = chosen.name      # as `bench run` plans it: the jobs' evaluator is preflighted too
     rec = run_one(spec, iters=1, eval_images=1)
     assert rec.status == "ok", rec.reason
+    assert rec.evaluator.startswith(chosen.label), rec.evaluator
     assert rec.train_instances > 0 and rec.eval_instances > 0
     assert rec.s_per_iter > 0 and rec.peak_mem_mb > 0
     assert all(k != "loss" or v == v for k, v in rec.losses.items()) and "loss" in rec.losses
