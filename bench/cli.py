@@ -88,6 +88,22 @@ def _row_record(table, row, with_hash: bool) -> dict:
     return rec
 
 
+EVALUATORS = ["pycocotools", "faster-coco-eval", "hotcoco", "auto"]
+
+
+def _evaluator(name: str, say: bool = True):
+    """The COCO evaluator ``name`` resolves to here (bench.evaluators: cross-checked, or refused with the
+    difference); said on stdout when ``say``."""
+    from bench.evaluators import EvaluatorError, resolve
+
+    try:
+        chosen = resolve(name)
+    except EvaluatorError as e:
+        raise BenchError(str(e)) from None
+    if say:
+        click.echo(f"evaluator: {chosen.label}" + (f" (not chosen: {chosen.why})" if chosen.why else ""))
+    return chosen
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print every table's rows as JSON.")
 @click.pass_context
@@ -414,7 +430,7 @@ def _print_plan(plan) -> None:
               help="Also log the training to this mmengine visualizer backend, offline, under each run's "
                    "train/<time>/vis_data/ (refused with the reason if its package is not installed). Not part of the "
                    "run key: a row already done is not retrained for it.")
-@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval", "hotcoco", "auto"]), default="auto",
+@click.option("--evaluator", type=click.Choice(EVALUATORS), default="auto",
               show_default=True, help="COCO evaluator of the jobs: one cross-checked against pycocotools (the 12 stats "
               "to 1e-9 and the per-image matches identical on a fixed set, cached per version) or refused with the "
               "difference; auto: the fastest verified one installed, else pycocotools. Recorded in each result; not "
@@ -438,13 +454,7 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
     if scale == "paper" and roots is None:
         raise BenchError("--scale paper needs --data-root (a COCO or Cityscapes root, or coco=DIR cityscapes=DIR; "
                          "see `bench data check`)")
-    from bench.evaluators import EvaluatorError, resolve
-
-    try:
-        chosen = resolve(evaluator)
-    except EvaluatorError as e:
-        raise BenchError(str(e)) from None
-    click.echo(f"evaluator: {chosen.label}" + (f" (not chosen: {chosen.why})" if chosen.why else ""))
+    chosen = _evaluator(evaluator)
     try:
         plans = [make_plan([(t, selected)], scale, root, data_root=roots, force=force, gpus=gpus, seed_index=k,
                            weights_dirs=list(weights_dirs), log=log, evaluator=chosen.name)
@@ -599,7 +609,7 @@ def _preflight_line(r: dict) -> str:
 @click.option("--gpus", type=int, default=None, help="GPUs the cluster run will use (decides the per-GPU batch).")
 @click.option("--cached", "use_cache", is_flag=True,
               help="Reuse a run's cached record if it passed with at least ITERS iterations on this device.")
-@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval", "hotcoco", "auto"]), default="auto",
+@click.option("--evaluator", type=click.Choice(EVALUATORS), default="auto",
               show_default=True, help="COCO evaluator the runs' jobs will use (as `bench run --evaluator`): the 2-image "
               "evaluation goes through it and the record names it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
@@ -622,12 +632,7 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
     if row_ids and len(tables) > 1:
         raise BenchError("--row selects rows of one table: give one TABLE with --row")
     root = _results_root(ctx)
-    from bench.evaluators import EvaluatorError, resolve
-
-    try:
-        chosen = resolve(evaluator)
-    except EvaluatorError as e:
-        raise BenchError(str(e)) from None
+    chosen = _evaluator(evaluator, say=False)
     try:
         plan = make_plan(pairs, "paper", root, data_root=_data_roots(data_root), force=True, gpus=gpus,
                          weights_dirs=list(weights_dirs), evaluator=chosen.name)
@@ -752,7 +757,7 @@ def _run_with_progress(runs, cluster: str, max_parallel: int | None):
                    "these prefixes (repeatable); the result says what was skipped.")
 @click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding checkpoints by file name (repeatable; then $BENCH_WEIGHTS, torch's hub cache).")
-@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval", "hotcoco", "auto"]), default="auto",
+@click.option("--evaluator", type=click.Choice(EVALUATORS), default="auto",
               show_default=True, help="COCO evaluator, as `bench run --evaluator`: one cross-checked against pycocotools "
               "or refused with the difference; auto: the fastest verified one installed. Recorded in the result.")
 @click.pass_context
@@ -780,13 +785,7 @@ def eval_cmd(ctx, table, row, checkpoint, data_root, scale, limit, device, allow
         path = Path(checkpoint)
     if scale == "paper" and not data_root:
         raise BenchError("--scale paper needs --data-root (as `bench run --scale paper`)")
-    from bench.evaluators import EvaluatorError, resolve
-
-    try:
-        chosen = resolve(evaluator)
-    except EvaluatorError as e:
-        raise BenchError(str(e)) from None
-    click.echo(f"evaluator: {chosen.label}" + (f" (not chosen: {chosen.why})" if chosen.why else ""))
+    chosen = _evaluator(evaluator)
     try:
         out, res = evaluate(t, r, path, _results_root(ctx), scale=scale, data_root=_data_roots(data_root), limit=limit,
                             device=device, allow_partial=tuple(allow_partial), weights_dirs=list(weights_dirs),
