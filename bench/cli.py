@@ -399,7 +399,10 @@ def _print_plan(plan) -> None:
                 f"{len(ran) - n_pre} by the formula (0.11 V100-s per training image: Mask R-CNN R-50 1x in mmdet's "
                 "model zoo; other models differ)" + (f"; {len(unknown)} without a schedule" if unknown else ""))
     con.print(f"{n_run} run(s) to start; estimated cost: {cost}")
-    con.print(f"overlay ({plan.scale.name}): " + json.dumps(plan.scale.as_dict()))
+    shown = plan.scale.as_dict()
+    if shown.get("type_caps"):   # the rules without their reasons (in the scale file): one line stays readable
+        shown["type_caps"] = [{k: v for k, v in r.items() if k != "why"} for r in shown["type_caps"]]
+    con.print(f"overlay ({plan.scale.name}): " + json.dumps(shown))
 
 
 @main.command("run")
