@@ -200,14 +200,9 @@ def coco_metrics(metrics: dict) -> dict[str, Optional[float]]:
 
 # ---------------------------------------------------------------------------------------- run
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from bench.plan import library_versions
 
-    v = {}
-    for lib in ("torch", "mmengine", "mmcv", "mmdet", "pycocotools", "numpy", "bench"):
-        try:
-            v[lib] = md.version(lib)
-        except md.PackageNotFoundError:
-            v[lib] = "missing"
+    v = library_versions(("torch", "mmengine", "mmcv", "mmdet", "pycocotools", "numpy", "bench"))
     v["python"] = platform.python_version()
     return v
 

@@ -22,7 +22,7 @@ from bench import __version__
 from bench.cost import CostModel
 from bench.data.datasets import LAYOUTS, check_root
 from bench.recipes import Row, Table
-from bench.resolve import canonical_hash, model_code_fingerprint, row_config, row_status
+from bench.resolve import canonical_hash, iter_types, model_code_fingerprint, row_config, row_status
 from bench.results import ResultReadError, read_result, result_path, run_dir
 from bench.vocab import RowStatus
 
@@ -95,19 +95,24 @@ def code_version(config: Optional[dict] = None) -> dict[str, str]:
     """What the run key includes besides the config: bench, the bench model code the config uses
     (its files only), and the libraries."""
     v = {"bench": __version__, "bench_models": model_code_fingerprint(config) if config is not None else "none"}
-    return v | _library_versions()
+    return v | library_versions()
 
 
-@functools.lru_cache(maxsize=1)
-def _library_versions() -> dict[str, str]:
-    """The libraries' versions, read once per process (importlib.metadata scans site-packages each call)."""
+@functools.lru_cache(maxsize=None)
+def _library_versions(libs: tuple[str, ...] = ("torch", "mmengine", "mmcv", "mmdet")) -> dict[str, str]:
+    """The distributions' versions ("missing" when not installed), read once per process: importlib.metadata
+    scans site-packages on each call. Callers get their own copy."""
     v = {}
-    for lib in ("torch", "mmengine", "mmcv", "mmdet"):
+    for lib in libs:
         try:
             v[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             v[lib] = "missing"
     return v
+
+
+def library_versions(libs: tuple[str, ...] = ("torch", "mmengine", "mmcv", "mmdet")) -> dict[str, str]:
+    return dict(_library_versions(libs))
 
 
 # ------------------------------------------------------------------------------ config assembly
@@ -290,24 +295,13 @@ def _apply_caps(model: dict, caps: dict) -> list[str]:
     return changed
 
 
-def model_types(node: Any) -> set[str]:
-    """Every ``type`` string named anywhere in a (model) config."""
-    found: set[str] = set()
-
-    def add(d: dict) -> None:
-        if isinstance(d.get("type"), str):
-            found.add(d["type"])
-    _walk(node, add)
-    return found
-
-
 def effective_caps(model: dict, scale: "Scale") -> tuple[dict, list[str]]:
     """The caps a model gets at a scale: the scale's ``caps``, lowered by every ``type_caps`` rule whose
     types the model's config names (architecture parts, not train_cfg/test_cfg). Returns (caps, the
     types that triggered a rule)."""
     caps = dict(scale.caps or {})
     arch = {k: v for k, v in model.items() if k not in ("train_cfg", "test_cfg")}
-    present = model_types(arch)
+    present = set(iter_types(arch))
     hit: list[str] = []
     for rule in scale.type_caps or []:
         matched = sorted(present & set(rule["types"]))
