@@ -135,11 +135,11 @@ def _cache_dir() -> Path:
 
 def _row_key(row: Row, flops: bool) -> Optional[str]:
     from bench.plan import code_version
-    from bench.resolve import canonical_hash, row_config
+    from bench.resolve import canonical_hash, resolved_dict
 
     if row.model is None:
         return None
-    cfg = row_config(row.model).to_dict()
+    cfg = resolved_dict(row.model)
     return canonical_hash({"v": _CACHE_VERSION, "config": cfg, "module_input": row.model.input_size,
                            "train_input": row.train.input_size, "flops": flops, "code": code_version(cfg)}, 20)
 
@@ -222,6 +222,8 @@ def _published_elsewhere(root: str) -> dict[str, dict[str, tuple[str, float, Tab
     out: dict[str, dict[str, tuple[str, float, Table]]] = {}
     for t in Catalogue(Path(root)).tables():
         for r in t.rows:
+            if not any(r.published.get(metric) is not None for metric in AUDIT_METRICS):
+                continue   # no cell to lend: its model is not hashed (a resolved config costs ~3 ms)
             try:
                 h = model_hash(r)
             except Exception:  # noqa: BLE001

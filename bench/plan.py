@@ -22,7 +22,7 @@ from bench import __version__
 from bench.cost import CostModel
 from bench.data.datasets import LAYOUTS, check_root
 from bench.recipes import Row, Table
-from bench.resolve import canonical_hash, iter_types, model_code_fingerprint, row_config, row_status
+from bench.resolve import canonical_hash, iter_types, model_code_fingerprint, resolved_dict, row_status
 from bench.results import ResultReadError, read_result, result_path, run_dir
 from bench.vocab import RowStatus
 
@@ -446,7 +446,7 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root,
                      gpus: int | None = None, weights_dirs: Optional[list[Path]] = None) -> tuple[dict, dict, dict]:
     """The full mmdet config of a row at a scale. Returns (config, overlay record, facts)."""
     assert row.model is not None and row.model.config is not None
-    cfg = copy.deepcopy(row_config(row.model).to_dict())
+    cfg = copy.deepcopy(resolved_dict(row.model))
     _apply_train_spec(cfg, row)
     facts: dict[str, Any] = {}
     if scale.name == "smoke":

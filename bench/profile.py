@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from bench.recipes import Row, Table
-from bench.resolve import register_all, row_config, row_status
+from bench.resolve import register_all, resolved_dict, row_config, row_status
 from bench.vocab import RowStatus
 
 DEFAULT_HW = (800, 1333)
@@ -101,7 +101,7 @@ def input_hw(row: Row, cfg: Optional[dict] = None) -> tuple[tuple[int, int], str
         h, w = row.model.input_size
         return (h, w), "recipe model.input_size"
     if cfg is None and row.model is not None and row.model.config is not None:
-        cfg = row_config(row.model).to_dict()
+        cfg = resolved_dict(row.model)   # read only
     for key in ("test_dataloader", "val_dataloader"):
         pl = _pipeline(cfg or {}, key)
         if pl:

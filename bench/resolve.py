@@ -100,6 +100,20 @@ def row_config(spec: ModelSpec) -> "Config":  # noqa: F821
     return cfg
 
 
+_RESOLVED: dict[str, dict] = {}
+
+
+def resolved_dict(spec: ModelSpec) -> dict:
+    """``row_config(spec).to_dict()``, built once per process for equal specs (as ``_load_base`` parses each
+    base once): every caller gets the same dict, so read it and never change it (``copy.deepcopy`` first)."""
+    key = json.dumps({"config": spec.config, "overrides": spec.overrides, "module": spec.module}, sort_keys=True,
+                     default=repr)
+    got = _RESOLVED.get(key)
+    if got is None:
+        got = _RESOLVED[key] = row_config(spec).to_dict()
+    return got
+
+
 def iter_types(node: Any) -> Iterator[str]:
     """Every string ``type`` named anywhere inside a config node."""
     if isinstance(node, dict):
@@ -325,8 +339,7 @@ def model_hash(row: Row) -> str | None:
     """Hash of the row's resolved model config and training setup: equal models share a hash."""
     if row.model is None:
         return None
-    cfg = row_config(row.model).to_dict()
-    return canonical_hash({"config": cfg, "train": row.train.model_dump()})
+    return canonical_hash({"config": resolved_dict(row.model), "train": row.train.model_dump()})
 
 
 def table_statuses(table: Table) -> dict[str, tuple[RowStatus, str]]:
