@@ -20,20 +20,45 @@ from bench.vocab import RowStatus
 _BENCH = Path(__file__).resolve().parent
 
 
-def registered_names() -> list[str]:
-    """The component names bench's own code registers (``@X.register_module()`` on a class), read from
-    the source without importing it: what a row's status depends on in bench's model code."""
+def _file_names(source: bytes) -> list[str]:
+    """The names one source file registers (``@X.register_module()`` on a class, or its ``name=``)."""
     import ast
 
     names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            for d in node.decorator_list:
+                if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "register_module":
+                    kw = {k.arg: k.value for k in d.keywords}
+                    name = kw.get("name")
+                    names.append(name.value if isinstance(name, ast.Constant) else node.name)
+    return names
+
+
+#: bump when _file_names changes what it finds
+_NAMES_VERSION = 1
+
+
+def registered_names() -> list[str]:
+    """The component names bench's own code registers, read from the source without importing it: what a
+    row's status depends on in bench's model code. Each file's names are kept in the cache folder by the
+    hash of its bytes (parsing the model files is ~0.1 s, a tenth of a cold report's own work)."""
+    from bench.diskcache import cache_dir, read_json, write_json
+
+    path = cache_dir() / "row-status" / f"names-v{_NAMES_VERSION}.json"
+    known = read_json(path)
+    known = known if isinstance(known, dict) else {}
+    names, fresh = [], {}
     for f in sorted((_BENCH / "models").glob("*.py")) + [_BENCH / "hooks.py"]:
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ClassDef):
-                for d in node.decorator_list:
-                    if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "register_module":
-                        kw = {k.arg: k.value for k in d.keywords}
-                        name = kw.get("name")
-                        names.append(name.value if isinstance(name, ast.Constant) else node.name)
+        source = f.read_bytes()
+        key = hashlib.sha256(source).hexdigest()[:24]
+        got = known.get(key)
+        if not (isinstance(got, list) and all(isinstance(n, str) for n in got)):
+            got = _file_names(source)
+        fresh[key] = got
+        names += got
+    if any(k not in known for k in fresh):   # kept: other checkouts' files too, the newest first, 256 at most
+        write_json(path, dict(list((fresh | {k: v for k, v in known.items() if k not in fresh}).items())[:256]))
     return sorted(set(names))
 
 

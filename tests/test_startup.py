@@ -67,6 +67,25 @@ def test_registered_names_read_from_source_are_the_registries_bench_types():
     assert registered_names() == live
 
 
+def test_registered_names_from_the_cache_are_the_names_the_source_holds(tmp_path, monkeypatch):
+    """Each model file's names are cached by the hash of its bytes: a new cache folder (parsed), the same
+    folder again (read back) and an entry of another file's bytes (ignored) give the registries' names."""
+    import hashlib
+
+    from bench import rowstatus
+    from bench.resolve import _types_index
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    live = sorted(name for name, src in _types_index().items() if src)
+    assert rowstatus.registered_names() == live
+    stored = tmp_path / "cache" / "row-status" / f"names-v{rowstatus._NAMES_VERSION}.json"
+    entries = json.loads(stored.read_text())
+    assert len(entries) == len(list((REPO / "bench" / "models").glob("*.py"))) + 1
+    stale = hashlib.sha256(b"an earlier version of a model file").hexdigest()[:24]
+    stored.write_text(json.dumps(entries | {stale: ["NotRegisteredAnyMore"]}))
+    assert rowstatus.registered_names() == live
+
+
 def _copy_recipes(tmp_path: Path) -> Path:
     root = tmp_path / "recipes"
     shutil.copytree(REPO / "recipes" / "csr-d2s", root / "csr-d2s")
