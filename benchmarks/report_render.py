@@ -17,6 +17,8 @@ recipe loading included in "process", not in "render"), all with ``workers`` = t
 * one result changed: one result file of one table gets another number before each run.
 
 ``--code DIR`` runs the cases against the bench package under DIR (a copy of an older tree: the "before").
+``--figure-formats svg,png`` renders those figure files (default: the code's own default, SVG since 2026-12-01;
+PNG + SVG before, when every figure was drawn twice).
 Time it through /work/helpers/quiet.sh (it pauses the background sweep and prints the load average).
 """
 from __future__ import annotations
@@ -40,6 +42,12 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = Path(os.environ.get("BENCH_REPORT_RENDER_CODE") or REPO)  # the bench package timed (--code)
+#: --figure-formats, handed to the child processes; unset: write_report's default (an older tree has no such argument)
+FIGURE_FORMATS = os.environ.get("BENCH_REPORT_FIGURE_FORMATS")
+
+
+def _figure_kwargs() -> dict:
+    return {"figure_formats": tuple(FIGURE_FORMATS.split(","))} if FIGURE_FORMATS else {}
 sys.path.insert(0, str(CODE))
 
 from bench.recipes import Catalogue, Table  # noqa: E402
@@ -86,12 +94,36 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _reap() -> None:
+    """Wait for the figure workers a render let go (it does not wait for them to exit), so their CPU time
+    is counted with the render that used them."""
+    import multiprocessing
+
+    for proc in multiprocessing.active_children():
+        proc.join()
+
+
 def timed(label: str, fn, timings: dict[str, tuple[float, float]]):
-    """Run ``fn``; record (wall seconds, CPU seconds): the machine may be shared, CPU time is steadier."""
+    """Run ``fn``; record (wall seconds, CPU seconds): the machine may be shared, CPU time is steadier.
+    The wall is ``fn``'s own; the CPU includes its workers' (reaped after the wall is taken)."""
     t0, c0 = time.perf_counter(), _cpu()
     out = fn()
-    timings[label] = (time.perf_counter() - t0, _cpu() - c0)
+    wall = time.perf_counter() - t0
+    _reap()
+    timings[label] = (wall, _cpu() - c0)
     return out
+
+
+def reference_loop() -> float:
+    """CPU seconds of a fixed pure-Python loop (10^7 additions), the median of 3: how fast this machine ran
+    at the time (a shared VM's speed drifts by a quarter from one minute to the next)."""
+    times = []
+    for _ in range(3):
+        c0, s = time.process_time(), 0
+        for i in range(10_000_000):
+            s += i
+        times.append(time.process_time() - c0)
+    return statistics.median(times)
 
 
 def _cpu_model() -> str:
@@ -117,7 +149,7 @@ def child(out: str, results: str) -> None:
     folders = sorted(Path(results).glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
     t0 = time.perf_counter()
     report = write_report(tables, SCALE, folders[0], Path(out), catalogue=cat, extra_roots=folders[1:],
-                          workers=os.cpu_count() or 1)
+                          workers=os.cpu_count() or 1, **_figure_kwargs())
     render = time.perf_counter() - t0
     print(json.dumps({"render": render, "process": time.perf_counter() - START, "pages": len(report.pages),
                       "figures": len(report.figures)}))
@@ -166,14 +198,20 @@ def main() -> None:
     parser.add_argument("--label", default="", help="what is timed, e.g. 'before (commit abc)' (printed)")
     parser.add_argument("--before", type=Path, default=None,
                         help="with --record: an earlier run's printed output, kept in the txt as the 'before'")
+    parser.add_argument("--figure-formats", default=None,
+                        help="comma-separated figure formats (svg, png, pdf); default: the timed code's default")
     parser.add_argument("--child", nargs=2, metavar=("OUT", "RESULTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    global FIGURE_FORMATS
+    if args.figure_formats:
+        FIGURE_FORMATS = os.environ["BENCH_REPORT_FIGURE_FORMATS"] = args.figure_formats
 
     from bench.report.build import write_report
 
     load = os.getloadavg()
+    ref_before = reference_loop()
     work = Path(tempfile.mkdtemp(prefix="bench-report-bench-"))
     timings: dict[str, tuple[float, float]] = {}
     try:
@@ -184,10 +222,10 @@ def main() -> None:
         n_files = sum(1 for f in folders for _ in f.glob(f"{SCALE}/*/*/*.json"))
         report = timed(f"render: pages + figures + exports ({os.cpu_count()} figure workers)", lambda: write_report(
             tables, SCALE, folders[0], work / "reports", catalogue=cat, extra_roots=folders[1:],
-            workers=os.cpu_count() or 1), timings)
+            workers=os.cpu_count() or 1, **_figure_kwargs()), timings)
         timed("render: pages + figures + exports (1 process)", lambda: write_report(
-            tables, SCALE, folders[0], work / "reports-serial", catalogue=cat, extra_roots=folders[1:], workers=1),
-            timings)
+            tables, SCALE, folders[0], work / "reports-serial", catalogue=cat, extra_roots=folders[1:], workers=1,
+            **_figure_kwargs()), timings)
         timed("render again: exports only (--format csv md latex)", lambda: write_report(
             tables, SCALE, folders[0], work / "reports-exports", catalogue=cat, html=False,
             extra_roots=folders[1:]), timings)
@@ -197,14 +235,18 @@ def main() -> None:
         got = cases(work / "results", work / "cases", args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    ref_after = reference_loop()
 
     lines = [
         "bench report render benchmark (benchmarks/report_render.py)" + (f": {args.label}" if args.label else ""),
         f"code timed: {CODE}",
         f"input: {n_files} result files (benchmark fixtures, {len(folders)} seed folders), {len(tables)} tables, "
-        f"{rows} rows, {claims} claim rows; output: {len(report.pages)} pages, {figures} figure files",
+        f"{rows} rows, {claims} claim rows; output: {len(report.pages)} pages, {figures} figure files"
+        f" ({FIGURE_FORMATS or 'the default formats'})",
         f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"load average before the run: {load[0]:.1f} (a shared machine inflates wall times, not CPU times)",
+        f"machine speed: a 10^7-addition Python loop took {ref_before:.3f} s before the runs, {ref_after:.3f} s after "
+        "(the same code: a slower loop means a slower machine, not slower bench)",
         "",
         f"{'step':<58} {'wall':>8} {'CPU':>8}",
     ]

@@ -130,14 +130,15 @@ def test_table_page_in_chromium(report, tmp_path):
     assert "smoke numbers never confirm or refute a paper claim" in dom
     assert "SMOKE SCALE — not comparable to the paper" in dom
 
-    # figures: relative files beside the page, real PNGs, and loaded by the browser (naturalWidth > 0)
+    # figures: relative files beside the page, real SVGs, and loaded by the browser (naturalWidth > 0)
     imgs = images(dom)
     assert len(imgs) == 3 and re.search(r'data-images-loaded="3/3"', dom)  # set by the page's load handler
     for img in imgs:
         src = img["src"]
         assert img.get("data-loaded") == "yes" and not src.startswith(("/", "file:", "http", "data:")), img
         path = page.parent / src
-        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+        assert path.suffix == ".svg" and path.stat().st_size > 5000
+        assert path.read_text().startswith("<?xml") and "<svg" in path.read_text()[:500]
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report-table-ii.png"

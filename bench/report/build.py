@@ -5,7 +5,7 @@ Layout under the reports folder (``reports/`` at the repository root, ``$BENCH_R
     <scale>/index.html                      every table reported at this scale, with its status
     <scale>/report.{csv,md}                 the frame of the tables of the latest report
     <scale>/<paper>/<table>.html            the table page
-    <scale>/<paper>/<table>/*.{png,svg}     its figures
+    <scale>/<paper>/<table>/*.svg           its figures (and .png / .pdf with --figure-format)
     <scale>/<paper>/<table>.{csv,md,tex}    its exports
     <scale>/<paper>/<table>.summary.json    its line on the index (so reporting one table keeps the others)
 
@@ -127,8 +127,12 @@ def _summaries(root: Path, catalogue: Catalogue) -> list:
 
 def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: Optional[Path] = None, *,
                  catalogue: Catalogue, html: bool = True, formats: Sequence[str] = ("csv", "md", "latex"),
-                 extra_roots: Sequence[Path] = (), workers: int = 1, cache: bool = True) -> ReportOutput:
+                 extra_roots: Sequence[Path] = (), workers: int = 1, cache: bool = True,
+                 figure_formats: Sequence[str] = ("svg",)) -> ReportOutput:
     """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``).
+
+    ``figure_formats``: the figure files beside each page (``bench.report.plots.FORMATS``); the page shows
+    the SVG, or the PNG without one, so with ``html`` one of the two is needed (ValueError otherwise).
 
     ``workers`` > 1 draws the figures of several tables in that many processes (this one and workers - 1 spawned); a script calling
     this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard (multiprocessing's rule).
@@ -136,25 +140,45 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
     from bench.report import cache as rc
     from bench.report import export
 
+    from bench.report.plots import check_formats
+
+    figure_formats = check_formats(figure_formats)
+    if html and not {"svg", "png"} & set(figure_formats):
+        raise ValueError(f"figure format(s) {', '.join(figure_formats)}: a page shows its figures as SVG or PNG, "
+                         "so one of them is needed with the pages")
     root = Path(out or default_reports_dir()) / scale
-    gathered = gather(list(tables) + baseline_tables(tables, catalogue), scale, results_root, extra_roots)
-    result = ReportOutput(root=root, problems=list(gathered.problems))
-    index = root / "index.html"
-    result.views = views = [build_table_view(t, gathered, catalogue) for t in tables]
-    code = rc.render_code_key() if cache else ""
-    view_keys = [rc.digest("view", code, v) if cache else None for v in views]
-    old = [rc.read_record(_record_path(root, v.table)) if cache else {} for v in views]
-    new = [{"view": k} for k in view_keys]
-    records = [[export.row_record(v, rv) for rv in v.rows] for v in views]   # one frame line per row, once
-    exports = []
-    for v, vk, rec, was, now in zip(views, view_keys, records, old, new, strict=True):
-        keys = {fmt: rc.digest("export", fmt, vk) for fmt in formats} if cache else None
-        exports.append(write_exports(v, _table_paths(root, v.table)[0].with_suffix(""), formats, rec, keys,
-                                     was.get("exports") or {}, result.written))
-        now["exports"] = keys or {}
-    result.exports += [path for e in exports for path in e.values()]
-    if html:
-        _pages(views, view_keys, exports, old, new, index, result, catalogue, workers, cache)
+    # a folder without a table's record (a first render, --no-cache) draws figures: their worker processes
+    # start now, so their imports overlap the gathering; otherwise only once the views say what changed
+    pool = _start_pool(workers, len(tables)) if html and (not cache or any(
+        not _record_path(root, t).exists() for t in tables)) else None
+    figures = None
+    try:
+        gathered = gather(list(tables) + baseline_tables(tables, catalogue), scale, results_root, extra_roots)
+        result = ReportOutput(root=root, problems=list(gathered.problems))
+        index = root / "index.html"
+        result.views = views = [build_table_view(t, gathered, catalogue) for t in tables]
+        old = [rc.read_record(_record_path(root, v.table)) if cache else {} for v in views]
+        # the figures to draw go to the workers first: they draw while this process does the rest
+        figures = _Figures(views, old, root, workers, cache, figure_formats, pool) if html else None
+        pool = None   # figures owns it now
+        code = rc.render_code_key() if cache else ""
+        view_keys = [rc.digest("view", code, v) if cache else None for v in views]
+        new = [{"view": k} for k in view_keys]
+        records = [[export.row_record(v, rv) for rv in v.rows] for v in views]   # one frame line per row, once
+        exports = []
+        for v, vk, rec, was, now in zip(views, view_keys, records, old, new, strict=True):
+            keys = {fmt: rc.digest("export", fmt, vk) for fmt in formats} if cache else None
+            exports.append(write_exports(v, _table_paths(root, v.table)[0].with_suffix(""), formats, rec, keys,
+                                         was.get("exports") or {}, result.written))
+            now["exports"] = keys or {}
+        result.exports += [path for e in exports for path in e.values()]
+        if figures is not None:
+            _pages(views, view_keys, exports, old, new, index, result, catalogue, figures, cache)
+    finally:
+        if figures is not None:
+            figures.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     for v, was, now in zip(views, old, new, strict=True):
         if cache and now != {k: was.get(k) for k in now}:   # what this render did not redo keeps its hash
             rc.write_record(_record_path(root, v.table), {k: w for k, w in was.items() if k != "version"} | now)
@@ -197,62 +221,143 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
     return result
 
 
-def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path]], old: list[dict],
-           new: list[dict], index: Path, result: ReportOutput, catalogue: Optional[Catalogue], workers: int,
-           cache: bool) -> None:
-    """Each table's page and figures: only those whose content hash changed are drawn and written.
+def _start_pool(workers: int, tables: int):
+    """``workers - 1`` spawned processes for figures (this one is the last worker), or None for one. A spawned
+    process imports matplotlib first thing (~0.5 CPU-s), so it is ready when the first table comes."""
+    n = min(workers, tables) - 1
+    if n < 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    Figures depend on the views alone, pages on the audits too: the figures that must be drawn are handed
-    to the worker processes first, and the audits are computed (or read from the cache) while they draw."""
+    from bench.report.plots import warm_up
+
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(n):
+        pool.submit(warm_up)
+    return pool
+
+
+def _worker_died(e: BaseException, what: str) -> None:
+    import sys
+
+    print(f"bench report: a figure worker process died ({e}): drawing {what} in this process", file=sys.stderr)
+
+
+class _Figures:
+    """A render's figures: a table whose figure hashes are unchanged (and whose files exist) reuses them; the
+    others are drawn by the worker processes (``pool``, or a new one) and by this process once its own work
+    (exports, audits) is done: it then takes the tables no worker has started (:meth:`collect`)."""
+
+    def __init__(self, views: list[TableView], old: list[dict], root: Path, workers: int, cache: bool,
+                 formats: tuple[str, ...], pool=None):
+        from bench.report import cache as rc
+        from bench.report.plots import FIGURES, Plot, figure_key, plot_data
+
+        self.pool, self.futures = pool, []
+        try:
+            self.store = rc.cache_dir(root) / "figures" if cache else None
+            datas = [plot_data(v) for v in views]
+            self.keys = [{name: figure_key(name, d) for name in FIGURES} if cache else {} for d in datas]
+            self.plots: dict[int, list] = {}
+            for i, was in enumerate(old):
+                files = {name: {fmt: root / f for fmt, f in was["plots"][name].items()}
+                         for name in was.get("plots") or {}}
+                if cache and was.get("figures") == self.keys[i] and isinstance(was.get("plots"), dict) and all(
+                        set(f) == set(formats) and all(p.exists() for p in f.values()) for f in files.values()):
+                    self.plots[i] = [Plot(name, FIGURES[name][0], FIGURES[name][1], files[name], drawn=False)
+                                     for name in files]
+            self.jobs = [i for i in range(len(views)) if i not in self.plots]
+            self.args = [(datas[i], _table_paths(root, views[i].table)[1], self.store, self.keys[i] or None,
+                          formats) for i in self.jobs]
+            if self.pool is None and len(self.jobs) > 1:
+                self.pool = _start_pool(workers, len(self.jobs))
+            if self.pool is not None:
+                from concurrent.futures.process import BrokenProcessPool
+
+                from bench.report.plots import write_plots
+
+                try:
+                    self.futures = [self.pool.submit(write_plots, *a) for a in self.args]
+                except BrokenProcessPool as e:   # a worker died already: this process draws everything
+                    _worker_died(e, "every table")
+                    self.futures = []
+                    self.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def collect(self, ready) -> None:
+        """Call ``ready(k, plots)`` for each job ``k`` (an index into ``jobs``) as its table is drawn: first those
+        the workers have finished, then, from the last, each table no worker has started, drawn here. A worker
+        that dies leaves its tables to this process (said on stderr), not a failed report."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from bench.report.plots import write_plots
+
+        if not self.futures:
+            for k, a in enumerate(self.args):
+                ready(k, write_plots(*a))
+            return
+        done: set[int] = set()
+
+        def result(k: int) -> list:
+            try:
+                return self.futures[k].result()
+            except BrokenProcessPool as e:
+                _worker_died(e, f"{self.args[k][1].name}'s figures")
+                return write_plots(*self.args[k])
+
+        def finished() -> None:
+            for k, f in enumerate(self.futures):
+                if k not in done and f.done() and not f.cancelled():
+                    done.add(k)
+                    ready(k, result(k))
+
+        for k in reversed(range(len(self.futures))):
+            finished()
+            if k not in done and self.futures[k].cancel():
+                done.add(k)
+                ready(k, write_plots(*self.args[k]))
+        for k in range(len(self.futures)):
+            if k not in done:
+                done.add(k)
+                ready(k, result(k))
+
+    def close(self) -> None:
+        """Let the workers go: each exits once it has its sentinel (not waited for here: every figure this
+        render uses is written before its future is done; a process that is not finished is joined at exit)."""
+        if self.pool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path]], old: list[dict],
+           new: list[dict], index: Path, result: ReportOutput, catalogue: Optional[Catalogue], figures: _Figures,
+           cache: bool) -> None:
+    """Each table's page: only those whose content hash changed are written. Figures depend on the views
+    alone, pages on the audits too: the audits are computed (or read from the cache) while the workers draw,
+    then each page is finished as soon as its figures are there (what it adds to ``result`` stays in table
+    order)."""
     from bench.report import cache as rc
     from bench.report import html as pages
-    from bench.report.plots import FIGURES, Plot, figure_key, plot_data, write_plots
+    from bench.report.plots import FIGURES
 
     root = index.parent
-    store = rc.cache_dir(root) / "figures" if cache else None
-    datas = [plot_data(v) for v in views]
-    fig_keys = [{name: figure_key(name, d) for name in FIGURES} if cache else {} for d in datas]
-    plots: dict[int, list] = {}
-    for i, (v, was) in enumerate(zip(views, old, strict=True)):
-        files = {name: {fmt: root / f for fmt, f in was["plots"][name].items()} for name in was.get("plots") or {}}
-        if cache and was.get("figures") == fig_keys[i] and isinstance(was.get("plots"), dict) \
-                and all(p.exists() for f in files.values() for p in f.values()):
-            plots[i] = [Plot(name, FIGURES[name][0], FIGURES[name][1], files[name], drawn=False) for name in files]
-    jobs = [i for i in range(len(views)) if i not in plots]
-    args = [(datas[i], _table_paths(root, views[i].table)[1], store) for i in jobs]
-    pool = None
-    if min(workers, len(jobs)) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    store, fig_keys, plots, jobs = figures.store, figures.keys, figures.plots, figures.jobs
+    akey = rc.audit_key(catalogue) if cache else None
+    audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache
+              else pages.page_audit(v.table, catalogue) for v in views]
+    parts = [ReportOutput(root=root) for _ in views]
 
-        # workers - 1 processes, this one being the last: it computes the audits, then draws the tables
-        # no worker has started (a worker's start-up, ~1 CPU-s of imports, is saved once)
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)) - 1,
-                                   mp_context=multiprocessing.get_context("spawn"))
-    try:
-        futures = [pool.submit(write_plots, *a) for a in args] if pool else []
-        akey = rc.audit_key(catalogue) if cache else None
-        audits = [rc.cached_page_audit(v.table, catalogue, root, akey) if cache
-                  else pages.page_audit(v.table, catalogue) for v in views]
-        if pool:
-            local = {k: write_plots(*args[k]) for k in reversed(range(len(futures))) if futures[k].cancel()}
-            drawn = [local[k] if k in local else f.result() for k, f in enumerate(futures)]
-        else:
-            drawn = [write_plots(*a) for a in args]
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
-    for i, got in zip(jobs, drawn, strict=True):
-        plots[i] = got
-        result.drawn += sum(plot.drawn for plot in got)
-        result.written += [p for plot in got if plot.drawn for p in plot.files.values()]
-    for i, (v, vk, ex, was, now) in enumerate(zip(views, view_keys, exports, old, new, strict=True)):
+    def finish(i: int) -> None:
+        v, vk, ex, was, now, part = views[i], view_keys[i], exports[i], old[i], new[i], parts[i]
         page, _ = _table_paths(root, v.table)
-        result.figures += [p for plot in plots[i] for p in plot.files.values()]
+        part.figures += [p for plot in plots[i] for p in plot.files.values()]
         if cache:
             links = {fmt: pages.href(p, page.parent) for fmt, p in ex.items()}
-            now["page"] = rc.digest("page", vk, audits[i], links, pages.href(index, page.parent),
-                                    str(page.resolve()), fig_keys[i], [plot.name for plot in plots[i]])
+            now["page"] = rc.digest("page", vk, audits[i], links, pages.href(index, page.parent), str(page.resolve()),
+                                    fig_keys[i], [(plot.name, sorted(plot.files)) for plot in plots[i]])
             shown = {plot.name for plot in plots[i]}
             failed = [n for n in FIGURES if n not in shown and not (store / f"{fig_keys[i][n]}.none").exists()]
             # a figure that failed is tried again next time: its table keeps no hashes
@@ -262,6 +367,22 @@ def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path
             if failed:
                 now["page"] = None
             elif was.get("page") == now["page"] and page.exists() and page.with_suffix(".summary.json").exists():
-                result.pages.append(page)
-                continue
-        _write_page(v, plots[i], ex, index, result, catalogue, audits[i])
+                part.pages.append(page)
+                return
+        _write_page(v, plots[i], ex, index, part, catalogue, audits[i])
+
+    def drawn(k: int, got: list) -> None:
+        i = jobs[k]
+        plots[i] = got
+        parts[i].drawn += sum(plot.drawn for plot in got)
+        parts[i].written += [p for plot in got if plot.drawn for p in plot.files.values()]
+        finish(i)
+
+    for i in sorted(plots):   # figures unchanged: their pages first, while the workers draw
+        finish(i)
+    figures.collect(drawn)
+    for part in parts:
+        result.pages += part.pages
+        result.figures += part.figures
+        result.written += part.written
+        result.drawn += part.drawn

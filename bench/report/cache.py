@@ -47,6 +47,17 @@ def canon(obj: Any, _memo: Optional[dict] = None) -> Any:
     """A JSON-able, process-independent form of ``obj`` (dataclasses, pydantic models, paths, enums,
     sets sorted); an object it does not know is an error, never its ``repr`` (which may hold an address).
     An object met twice (a claim's row is also the table's row) is converted once."""
+    t = type(obj)   # the exact built-in types first: most of a view is plain data
+    if t is str or t is int or t is bool or obj is None:
+        return obj
+    if t is float:
+        return obj if math.isfinite(obj) else repr(obj)
+    if t is list or t is tuple:
+        memo = {} if _memo is None else _memo
+        return [canon(v, memo) for v in obj]
+    if t is dict:
+        memo = {} if _memo is None else _memo
+        return ["dict", [[canon(k, memo), canon(v, memo)] for k, v in obj.items()]]
     if obj is None or isinstance(obj, str) and not isinstance(obj, enum.Enum):
         return obj
     if isinstance(obj, (bool, int)) and not isinstance(obj, enum.Enum):

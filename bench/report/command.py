@@ -44,6 +44,10 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
               help="Further results folders holding other seeds' runs of the same rows (repeatable): "
                    "cells show mean ± sd and claims use the spread as noise. The seeds of "
                    "`bench run --seeds N` (results/seeds/<k>/) are always included.")
+@click.option("--figure-format", "figure_formats", type=click.Choice(("svg", "png", "pdf")), multiple=True,
+              help="Figure files beside each page (repeatable; default svg, which the page shows): png for slides "
+                   "and tools without SVG (the page shows it when no svg is asked for), pdf for LaTeX. Each "
+                   "format is drawn anew: two double the figures' time.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes drawing figures when reporting several tables (default: one per CPU).")
 @click.option("--no-cache", "no_cache", is_flag=True,
@@ -52,7 +56,8 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
 @click.pass_context
 def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, html: bool,
                formats: tuple[str, ...], scale: str, out: Path | None, extra_results: tuple[Path, ...],
-               jobs: int | None, smoke_index: bool = False, no_cache: bool = False) -> None:
+               jobs: int | None, smoke_index: bool = False, no_cache: bool = False,
+               figure_formats: tuple[str, ...] = ()) -> None:
     """Put published and measured numbers side by side, per paper table.
 
     One HTML page per table (the paper's layout; each cell published / measured / Δ coloured by its
@@ -79,11 +84,14 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
             return
     if not html and not formats:
         html, formats = True, FORMATS
+    figure_formats = figure_formats or ("svg",)
+    if html and not {"svg", "png"} & set(figure_formats):
+        raise click.UsageError("--figure-format pdf alone: a page shows its figures as svg or png, so add one of them")
     # the extra seeds of `bench run --seeds N` live in results/seeds/<k>/: always pooled with seed 0
     seed_roots = tuple(sorted(p for p in (Path(results_root) / "seeds").glob("*") if p.is_dir()))
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,
                           formats=tuple(dict.fromkeys(formats)), extra_roots=tuple(extra_results) + seed_roots,
-                          workers=jobs or os.cpu_count() or 1, cache=not no_cache)
+                          workers=jobs or os.cpu_count() or 1, cache=not no_cache, figure_formats=figure_formats)
     _echo_summary(report, scale, results_root)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
 from bench.report import text
 from bench.report.frame import ClaimMetric, RowView, TableView, factor_text
 from bench.report.rules import SMOKE_BANNER
@@ -93,13 +95,33 @@ def markdown_cell(value: Any) -> Any:
     return value.translate(_MD_TABLE)  # = the escapes of text.clean(value), character by character, in C
 
 
+def _md_value(value: Any) -> tuple[str, bool]:
+    """(the cell's text, whether it is a number) of a present value: a number as Python writes it (every
+    digit kept), anything else as escaped text (:func:`markdown_cell`)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)), False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(value.item() if isinstance(value, np.generic) else value), True
+    return markdown_cell(str(value)), False
+
+
 def to_markdown(df: "pd.DataFrame", title: str = "") -> str:
-    """GitHub Markdown, every text cell escaped (:func:`markdown_cell`)."""
-    shown = df.astype(object).where(df.notna(), "")
-    shown = shown.map(markdown_cell)
-    shown.columns = [markdown_cell(str(c)) for c in shown.columns]
+    """GitHub Markdown, every text cell escaped (:func:`markdown_cell`): a column of numbers (and blanks)
+    right-aligned, any other left-aligned, cells padded to the column's width so the source reads too."""
     head = f"# {markdown_cell(title)}\n\n" if title else ""
-    return head + shown.to_markdown(index=False) + "\n"
+    names = [markdown_cell(str(c)) for c in df.columns]
+    missing = df.isna().to_numpy()
+    columns = []
+    for j in range(df.shape[1]):
+        cells = [("", True) if gone else _md_value(v) for v, gone in zip(df.iloc[:, j].tolist(), missing[:, j])]
+        number = all(is_num for _, is_num in cells)
+        texts = [t for t, _ in cells]
+        width = max([len(names[j]), 3] + [len(t) for t in texts])
+        pad = str.rjust if number else str.ljust
+        columns.append([pad(names[j], width), ("-" * (width - 1) + ":") if number else (":" + "-" * (width - 1))]
+                       + [pad(t, width) for t in texts])
+    lines = ["| " + " | ".join(row) + " |" for row in zip(*columns)] if columns else []
+    return head + "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ LaTeX

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg, no pyplot state), each written as PNG and SVG beside the page.
+"""The report's figures (matplotlib, no pyplot state), written beside the page as SVG (what the page shows)
+and, on request (``bench report --figure-format``), as PNG and PDF.
 
 * published vs measured, one panel per metric column, with the y = x line and the tolerance band;
 * speed vs accuracy (FPS or latency against mask AP, like AMF-SparseInst's Figure 8) when the table
@@ -11,17 +12,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-from bench.report.frame import TableView
 from bench.report.rules import SMOKE_BANNER, Tolerance, primary_metric, tolerance_for
 from bench.vocab import AP_METRICS, METRICS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a figure worker unpickles PlotData and draws: it never needs pandas (bench.report.frame)
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FORMATS = ("png", "svg")
+    from bench.report.frame import TableView
+
+#: the figure files a report can write: SVG (vector, its text selectable: what the page shows), PNG (slides,
+#: tools without SVG; the page shows it when no SVG is written), PDF (LaTeX, beside the .tex export)
+FORMATS = ("svg", "png", "pdf")
+DEFAULT_FORMATS = ("svg",)   # each format is a second drawing: PNG would double a cold render's figure time
+#: what keeps a file's bytes the same from one render to the next (no date stamped in)
+_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None}, "png": None}
 PUBLISHED_COLOUR = "#4d4d4d"
 MEASURED_COLOUR = "#1f6fb4"
 SMOKE_COLOUR = "#b3261e"
@@ -30,6 +37,9 @@ SERIES_COLOURS = ("#1f6fb4", "#d9730d", "#2e7d32", "#8e44ad", "#b3261e", "#00838
 SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
 MIN_WIDTH = 6.4            # inches: room for the two-line smoke title
 DPI = 110
+TICKS = 4                  # MaxNLocator's nbins: at most 4 intervals an axis (but 3 ticks at least)
+TITLE_Y = 1.0              # panel titles at the axes' top: no x ticks there, and a fixed y skips matplotlib's
+                           # search for overlapping tick labels (it measures every tick label of the panel)
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "bench", "font.size": 8.5, "axes.titlesize": 9,
          "axes.spines.top": False, "axes.spines.right": False}
 
@@ -87,7 +97,7 @@ class PlotData:
     table: str = field(default="", compare=False)   # for messages only: not part of the content
 
 
-def plot_data(view: TableView) -> PlotData:
+def plot_data(view: "TableView") -> PlotData:
     keys = tuple(view.metric_keys)
     rows = tuple(PlotRow(rv.row.position, rv.row.label,
                          {k: PlotCell(c.published, c.measured.mean if c.measured is not None else None)
@@ -137,6 +147,11 @@ def _figure(n_panels: int, layout: Layout, title_lines: int) -> tuple["Figure", 
     grid = fig.add_gridspec(rows, cols, left=left / width, right=(left + inner_w) / width,
                             bottom=layout.bottom / height, top=1 - top / height, wspace=gw / aw, hspace=gh / ah)
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n_panels)]
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # at most TICKS + 1 ticks an axis (matplotlib allows 9 here): a tick is a costly artist
+        ax.xaxis.set_major_locator(MaxNLocator(TICKS, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
+        ax.yaxis.set_major_locator(MaxNLocator(TICKS, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
     return fig, axes
 
 
@@ -165,6 +180,40 @@ def _short(label: str, n: int = 18) -> str:
     return _plain(label if len(label) <= n else label[: n - 1] + "…")
 
 
+def _label(ax: "Axes", text: str, xy: tuple[float, float], dx: float, dy: float, **kw) -> None:
+    """``text`` at data point ``xy`` moved by (dx, dy) points: what ``ax.annotate(text, xy, xytext=(dx, dy),
+    textcoords="offset points")`` draws, as a plain Text (an Annotation costs about twice as much)."""
+    from matplotlib.transforms import offset_copy
+
+    ax.text(xy[0], xy[1], text, transform=offset_copy(ax.transData, fig=ax.figure, x=dx, y=dy, units="points"), **kw)
+
+
+Box = tuple[float, float, float, float]   # (x0, x1, y0, y1) in data coordinates: something drawn
+
+
+def _free_corner(ax: "Axes", marks: list[Box], size: tuple[float, float]) -> str:
+    """The corner of the axes (upper left, upper right, lower left, lower right: ties in that order) where a
+    legend of ``size`` (inches) covers the fewest of ``marks``: matplotlib's ``loc="best"`` from what bench
+    drew, which it knows (``"best"`` measures every artist's path: a tenth of all the figures' drawing)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    pos = ax.get_position()
+    w = size[0] / (pos.width * ax.figure.get_figwidth())    # the legend as a fraction of the axes
+    h = size[1] / (pos.height * ax.figure.get_figheight())
+
+    def frac(v: float, lo: float, hi: float) -> float:
+        return (v - lo) / (hi - lo) if hi != lo else 0.5
+
+    corners = {"upper left": (0.0, w, 1 - h, 1.0), "upper right": (1 - w, 1.0, 1 - h, 1.0),
+               "lower left": (0.0, w, 0.0, h), "lower right": (1 - w, 1.0, 0.0, h)}
+    boxes = [(min(frac(a, x0, x1), frac(b, x0, x1)), max(frac(a, x0, x1), frac(b, x0, x1)),
+              min(frac(c, y0, y1), frac(d, y0, y1)), max(frac(c, y0, y1), frac(d, y0, y1))) for a, b, c, d in marks]
+
+    def covered(l: float, r: float, b: float, t: float) -> int:
+        return sum(1 for bl, br, bb, bt in boxes if bl <= r and br >= l and bb <= t and bt >= b)
+
+    return min(corners, key=lambda name: covered(*corners[name]))   # min keeps the first of equals
+
+
 # ------------------------------------------------------------------------------------ figures
 Point = tuple[int, float, float]   # (row position, published, measured)
 
@@ -182,7 +231,10 @@ def _panels(keys: list[str]) -> list[list[str]]:
     return ([ap] if ap else []) + [[k] for k in keys if k not in AP_METRICS]
 
 
-def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str, list[Point]]) -> None:
+def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str, list[Point]],
+                    first: bool) -> None:
+    """One metric panel: the tolerance band (its width in the title), y = x and the points. A legend only
+    where it says something the first panel's does not: the first panel, and a panel of several series."""
     values = [v for k in keys for _, x, y in pairs[k] for v in (x, y)]
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.5)
@@ -190,7 +242,7 @@ def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str
     if not view.smoke:  # smoke cells are not compared: no band to fall in
         tol = view.tolerances[keys[0]]
         ax.fill_between([lo, hi], [lo - tol.band(lo), hi - tol.band(hi)], [lo + tol.band(lo), hi + tol.band(hi)],
-                        color="#2e7d32", alpha=0.12, lw=0, label=f"tolerance {tol.describe()}")
+                        color="#2e7d32", alpha=0.12, lw=0, label="tolerance band")
     ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--", label="y = x")
     for i, key in enumerate(keys):
         pts = pairs[key]
@@ -199,14 +251,17 @@ def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str
                    marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], label=METRICS[key].label if len(keys) > 1 else None)
         if i == 0:  # row numbers on the first series only: more would pile up
             for pos, x, y in pts:
-                ax.annotate(str(pos), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                _label(ax, str(pos), (x, y), 4, 3, fontsize=7)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     unit = METRICS[keys[0]].unit
-    ax.set_title(f"COCO AP ({unit})" if len(keys) > 1 else f"{METRICS[keys[0]].label} ({unit})")
+    title = f"COCO AP ({unit})" if len(keys) > 1 else f"{METRICS[keys[0]].label} ({unit})"
+    band = "" if view.smoke else f", band {view.tolerances[keys[0]].describe()}"
+    ax.set_title(title + band, y=TITLE_Y)
     ax.set_xlabel("published")
     ax.set_ylabel("measured")
-    ax.legend(loc="upper left", fontsize=6.5, frameon=False, ncol=2 if len(keys) > 4 else 1)
+    if first or len(keys) > 1:   # (a legend is a fifth of a figure's drawing)
+        ax.legend(loc="upper left", fontsize=6.5, frameon=False, ncol=2 if len(keys) > 4 else 1)
 
 
 def published_vs_measured(view: PlotData) -> Optional["Figure"]:
@@ -215,8 +270,8 @@ def published_vs_measured(view: PlotData) -> Optional["Figure"]:
         return None
     panels = _panels(list(pairs))
     fig, axes = _figure(len(panels), Layout(axes=(2.8, 2.6)), _title_lines(view))
-    for ax, keys in zip(axes, panels, strict=True):
-        _identity_panel(ax, view, keys, pairs)
+    for i, (ax, keys) in enumerate(zip(axes, panels, strict=True)):
+        _identity_panel(ax, view, keys, pairs, first=i == 0)
     _title(fig, view, "published vs measured (numbers: row #)")
     return fig
 
@@ -234,18 +289,19 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
         return None
     speed, accuracy = keys
     fig, (ax,) = _figure(1, Layout(axes=(5.6, 3.6)), _title_lines(view))
-    plotted = False
+    plotted, labels = False, []   # labels: (x, y, characters) of each point's text, for the legend's corner
     for rv in view.rows:
         s, a = rv.cells[speed], rv.cells[accuracy]
         pub = (s.published, a.published) if s.published is not None and a.published is not None else None
         meas = (s.measured, a.measured) if s.measured is not None and a.measured is not None else None
         if pub:
             ax.scatter(*pub, s=30, color=PUBLISHED_COLOUR, zorder=3)
-            ax.annotate(_short(rv.label, 24), pub, textcoords="offset points", xytext=(5, 3), fontsize=7)
+            _label(ax, _short(rv.label, 24), pub, 5, 3, fontsize=7)
+            labels.append((*pub, len(_short(rv.label, 24))))
         if meas:
             ax.scatter(*meas, s=30, facecolors="none", edgecolors=MEASURED_COLOUR, zorder=3)
-            ax.annotate(str(rv.position), meas, textcoords="offset points", xytext=(5, -9), fontsize=7,
-                        color=MEASURED_COLOUR)
+            _label(ax, str(rv.position), meas, 5, -9, fontsize=7, color=MEASURED_COLOUR)
+            labels.append((*meas, len(str(rv.position))))
         if pub and meas:
             ax.plot([pub[0], meas[0]], [pub[1], meas[1]], color="#bbbbbb", lw=0.7, ls=":")
         plotted = plotted or bool(pub or meas)
@@ -255,7 +311,10 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
     ax.scatter([], [], s=30, color=PUBLISHED_COLOUR, label="published")
     ax.scatter([], [], s=30, facecolors="none", edgecolors=MEASURED_COLOUR, label="measured (row #)")
-    ax.legend(loc="best", fontsize=7, frameon=False)
+    per_inch = (hi + 0.3 * (hi - lo) - lo) / (ax.get_position().width * fig.get_figwidth())
+    # a point and its text, ~0.055 in a character at 7 pt
+    marks = [(x, x + per_inch * (0.07 + 0.055 * n), y, y) for x, y, n in labels]
+    ax.legend(loc=_free_corner(ax, marks, (1.35, 0.4)), fontsize=7, frameon=False)
     ax.set_xlabel(f"{METRICS[speed].label} ({METRICS[speed].unit})")
     ax.set_ylabel(f"{METRICS[accuracy].label} ({METRICS[accuracy].unit})")
     ax.grid(alpha=0.25)
@@ -263,7 +322,8 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     return fig
 
 
-def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> None:
+def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
+    """The panel's bars; returns what it drew (bars, error bars, labels) for the legend's corner."""
     labels, pub, meas, below, above, missing = [], [], [], [], [], []
     for i, c in enumerate(claims):
         m = next((m for m in c.metrics if m.metric == key), None)
@@ -283,13 +343,17 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> None:
     ax.bar([x + width / 2 for x in xs], meas, width, color=MEASURED_COLOUR, label="measured Δ",
            yerr=noise, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
     for i in missing:  # say so rather than draw a zero-height bar that reads as "no effect"
-        ax.annotate("not\nmeasured", (i + width / 2, 0), textcoords="offset points", xytext=(0, 3), ha="center",
-                    fontsize=6, color=MEASURED_COLOUR)
+        _label(ax, "not\nmeasured", (i + width / 2, 0), 0, 3, ha="center", fontsize=6, color=MEASURED_COLOUR)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(xs, labels)
     ax.set_xlabel("row # (claims table)")
     m = METRICS[key]
-    ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline")
+    ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline", y=TITLE_Y)
+    marks = [(x - width, x, 0.0, p) for x, p in zip(xs, pub)]
+    marks += [(x, x + width, min(0.0, v - lo), max(0.0, v + hi)) for x, v, lo, hi in zip(xs, meas, below, above)]
+    ylo, yhi = ax.get_ylim()
+    marks += [(i, i + width, 0.0, 0.0 + 0.12 * (yhi - ylo)) for i in missing]   # the "not measured" text
+    return marks
 
 
 def ablation_deltas(view: PlotData) -> Optional["Figure"]:
@@ -303,9 +367,8 @@ def ablation_deltas(view: PlotData) -> Optional["Figure"]:
     width = max(1.8, 0.45 * len(claims) + 0.5)
     layout = Layout(axes=(width, 2.0), gap=(0.75, 1.0), bottom=0.55, max_cols=max(1, min(4, int(12 // (width + 0.75)))))
     fig, axes = _figure(len(keys), layout, _title_lines(view))
-    for ax, key in zip(axes, keys, strict=True):
-        _claim_panel(ax, claims, key)
-    axes[0].legend(loc="best", fontsize=7, frameon=False)
+    marks = [_claim_panel(ax, claims, key) for ax, key in zip(axes, keys, strict=True)]
+    axes[0].legend(loc=_free_corner(axes[0], marks[0], (1.0, 0.4)), fontsize=7, frameon=False)
     _title(fig, view, "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     return fig
 
@@ -314,7 +377,7 @@ def ablation_deltas(view: PlotData) -> Optional["Figure"]:
 FIGURES: dict[str, tuple[str, str, Callable[[PlotData], Optional["Figure"]]]] = {
     "published-vs-measured": ("Published vs measured",
                               "Each point is a row's cell (numbers: row #, on the first series); COCO AP columns "
-                              "share a panel; the shaded band is the default tolerance.",
+                              "share a panel; the shaded band is the column's tolerance (its width in the panel's title).",
                               published_vs_measured),
     "speed-accuracy": ("Speed vs accuracy",
                        "Filled: published; hollow: measured (row #); dotted lines join a row's two points.",
@@ -350,7 +413,7 @@ def _draw(name: str, draw, data: PlotData, files: dict[str, Path]) -> str:
         tmps = {fmt: path.with_name(f".{path.name}.{os.getpid()}.tmp") for fmt, path in files.items()}
         try:
             for fmt, tmp in tmps.items():
-                fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+                fig.savefig(tmp, format=fmt, dpi=DPI, metadata=_METADATA[fmt])
         except (ValueError, OverflowError, RuntimeError) as e:
             _not_drawn(data.table, name, e)
             for tmp in tmps.values():
@@ -361,20 +424,44 @@ def _draw(name: str, draw, data: PlotData, files: dict[str, Path]) -> str:
     return "drawn"
 
 
-def write_plots(view: Union[TableView, PlotData], out_dir: Path, store: Optional[Path] = None) -> list[Plot]:
-    """Draw every figure that has data and save it as PNG and SVG under ``out_dir``.
+def warm_up() -> None:
+    """A figure worker's first task: the drawing libraries imported before the first table arrives."""
+    import importlib
+
+    for name in ("matplotlib.figure", "matplotlib.backends.backend_svg", "matplotlib.backends.backend_agg",
+                 "bench.report.cache"):
+        importlib.import_module(name)
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The figure formats, in FORMATS order, each once; an unknown one is a ValueError naming the known."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"figure format(s) {unknown or list(formats)!r}: known are {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in formats)
+
+
+def write_plots(view: Union["TableView", PlotData], out_dir: Path, store: Optional[Path] = None,
+                keys: Optional[dict[str, str]] = None, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Plot]:
+    """Draw every figure that has data and save it in ``formats`` (default SVG) under ``out_dir``.
 
     ``store``: the figure store (``bench.report.cache``): a figure whose content hash is there is copied
-    from it, not drawn; one drawn is added to it. Figures with no data leave no file behind."""
+    from it, not drawn; one drawn is added to it. Figures with no data leave no file behind, and a format
+    not asked for leaves none from an earlier report. ``keys``: the figures' content hashes
+    (:func:`figure_key`) when the caller has them already."""
     from bench.report.cache import copy_atomic
 
-    data = plot_data(view) if isinstance(view, TableView) else view
+    formats = check_formats(formats)
+    data = view if isinstance(view, PlotData) else plot_data(view)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
     for name, (title, caption, draw) in FIGURES.items():
-        files = {fmt: out_dir / f"{name}.{fmt}" for fmt in FORMATS}
-        key = figure_key(name, data) if store is not None else None
-        stored = {fmt: store / f"{key}.{fmt}" for fmt in FORMATS} if store is not None else {}
+        files = {fmt: out_dir / f"{name}.{fmt}" for fmt in formats}
+        for fmt in FORMATS:
+            if fmt not in formats:
+                (out_dir / f"{name}.{fmt}").unlink(missing_ok=True)   # this render's figure has no such file
+        key = (keys[name] if keys else figure_key(name, data)) if store is not None else None
+        stored = {fmt: store / f"{key}.{fmt}" for fmt in formats} if store is not None else {}
         if store is not None and (store / f"{key}.none").exists():
             outcome = "no data"
         elif store is not None and all(p.exists() for p in stored.values()):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from bench.recipes import Row, Table
 from bench.vocab import AP_METRICS, METRICS, Agreement, Verdict
+
+if TYPE_CHECKING:  # annotations only: a figure worker imports the rules without pydantic
+    from bench.recipes import Row, Table
 
 #: Said by the title of every smoke-scale page and plot.
 SMOKE_BANNER = "SMOKE SCALE — not comparable to the paper"

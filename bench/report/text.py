@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from bench.report.frame import CellView, ClaimMetric
-from bench.report.rules import Sample
+if TYPE_CHECKING:  # annotations only: the figure workers import this module without pandas
+    from bench.report.frame import CellView, ClaimMetric
+    from bench.report.rules import Sample
 
 UNKNOWN = "?"    # a published cell the paper text does not show
 NOTHING = "–"    # no measured value

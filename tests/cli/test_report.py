@@ -49,9 +49,9 @@ def put(root: Path, res: Result, scale: str = "smoke") -> Path:
     return path
 
 
-def bench(*args: str, env: dict[str, str], recipes: Path | None = None) -> str:
+def bench(*args: str, env: dict[str, str], recipes: Path | None = None, code: int = 0) -> str:
     """Run `bench [--recipes R] report ...` and return its output (``report_cmd`` alone, with R as
-    $BENCH_RECIPES, while cli.py does not register it)."""
+    $BENCH_RECIPES, while cli.py does not register it); ``code``: the exit status expected."""
     from bench.cli import main
 
     if "report" in main.commands:
@@ -60,7 +60,7 @@ def bench(*args: str, env: dict[str, str], recipes: Path | None = None) -> str:
         cmd, argv = report_cmd, list(args)
         env = env | ({"BENCH_RECIPES": str(recipes)} if recipes else {})
     res = CliRunner().invoke(cmd, argv, env=env, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == code, res.output
     return res.output
 
 
@@ -129,12 +129,35 @@ def test_smoke_plots_say_not_comparable(mixed):
     bench(TABLE, "--html", "--out", str(out), env=env)
     figures = out / "smoke" / "csr-d2s" / "table-ii"
     names = {p.name for p in figures.iterdir()}
-    assert {"published-vs-measured.png", "published-vs-measured.svg", "speed-accuracy.png",
-            "speed-accuracy.svg"} <= names
+    assert {"published-vs-measured.svg", "speed-accuracy.svg"} <= names
+    assert not any(n.endswith((".png", ".pdf")) for n in names)   # SVG unless asked for more
     for svg in figures.glob("*.svg"):
         assert rules.SMOKE_BANNER in svg.read_text(), svg
-    for png in figures.glob("*.png"):
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    page = (out / "smoke" / "csr-d2s" / "table-ii.html").read_text()
+    assert '<img src="table-ii/published-vs-measured.svg"' in page and ">PNG</a>" not in page
+
+
+def test_figure_formats_on_request(mixed):
+    """--figure-format png --figure-format pdf: each figure in every format asked for, the page showing the
+    SVG and linking each file; a later SVG-only report leaves no PNG or PDF of its own figures behind."""
+    env, out, *_ = mixed
+    bench(TABLE, "--html", "--figure-format", "svg", "--figure-format", "png", "--figure-format", "pdf",
+          "--out", str(out), env=env)
+    figures = out / "smoke" / "csr-d2s" / "table-ii"
+    for name in ("published-vs-measured", "speed-accuracy"):
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (figures / f"{name}.png").stat().st_size > 5000
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert rules.SMOKE_BANNER in (figures / f"{name}.svg").read_text()
+    page = (out / "smoke" / "csr-d2s" / "table-ii.html").read_text()
+    assert '<img src="table-ii/published-vs-measured.svg"' in page
+    assert all(f'href="table-ii/speed-accuracy.{fmt}">{fmt.upper()}</a>' in page for fmt in ("svg", "png", "pdf"))
+    bench(TABLE, "--html", "--figure-format", "png", "--out", str(out), env=env)   # PNG alone: the page shows it
+    assert '<img src="table-ii/published-vs-measured.png"' in (out / "smoke" / "csr-d2s" / "table-ii.html").read_text()
+    assert not (figures / "published-vs-measured.svg").exists()
+    bench(TABLE, "--html", "--out", str(out), env=env)
+    assert {p.suffix for p in figures.iterdir()} == {".svg"}
+    assert "svg or png" in bench(TABLE, "--html", "--figure-format", "pdf", "--out", str(out), env=env, code=2)
 
 
 def test_exports(mixed):

@@ -37,8 +37,8 @@ def setup(tmp_path, monkeypatch):
     cat = Catalogue()
     tables = [cat.load(n) for n in TABLES]
 
-    def render(out: Path, cache: bool = True):
-        return write_report(tables, "paper", results, out, catalogue=cat, cache=cache)
+    def render(out: Path, cache: bool = True):   # PNG too: the raster bytes must be as stable as the SVG's
+        return write_report(tables, "paper", results, out, catalogue=cat, cache=cache, figure_formats=("svg", "png"))
 
     return render, results, tmp_path
 
@@ -146,7 +146,7 @@ def test_cli_no_cache_rewrites_everything(setup):
     bench(TABLES[0], "--scale", "paper", "--html", "--out", str(out), env=env)
     assert _touched(root) == set()
     bench(TABLES[0], "--scale", "paper", "--html", "--no-cache", "--out", str(out), env=env)
-    assert {"csr-d2s/table-ii.html", "csr-d2s/table-ii/published-vs-measured.png", "index.html"} <= _touched(root)
+    assert {"csr-d2s/table-ii.html", "csr-d2s/table-ii/published-vs-measured.svg", "index.html"} <= _touched(root)
 
 
 def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, monkeypatch):
@@ -169,5 +169,40 @@ def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, m
                                             measured={"mask_AP": row.published["mask_AP"] + 0.3}), scale="paper")
     one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
     two = write_report(tables, "paper", results, tmp_path / "two", catalogue=cat, workers=2)
+    assert one.drawn == two.drawn >= len(tables)
+    assert _files(tmp_path / "one" / "paper") == _files(tmp_path / "two" / "paper")
+
+
+def test_a_figure_worker_that_dies_leaves_its_tables_to_this_process(tmp_path, monkeypatch, capfd):
+    """A worker killed (SIGKILL: what the OOM killer sends) while it holds tables: the render still writes
+    every figure, byte for byte what a one-process render writes, and says on stderr what happened."""
+    import signal
+
+    import bench.report.build as build
+    import bench.report.html as pages
+
+    monkeypatch.setattr(pages, "now", lambda: "2026-01-01T00:00:00+00:00")
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    cat = Catalogue()
+    tables = [cat.load(n) for n in ("csr-d2s/table-i", "csr-d2s/table-ii", "csr-d2s/table-iii")]
+    results = tmp_path / "results"
+    for t in tables:
+        for row in t.rows:
+            if row.published.get("mask_AP") is not None:
+                put(results, fixture_result(t.name, row.id, scale="paper",
+                                            measured={"mask_AP": row.published["mask_AP"] + 0.3}), scale="paper")
+    started = build._start_pool
+
+    def doomed(workers, n):   # the real pool, its one worker killed as soon as it runs
+        pool = started(workers, n)
+        for proc in pool._processes.values():
+            os.kill(proc.pid, signal.SIGKILL)
+        return pool
+
+    monkeypatch.setattr(build, "_start_pool", doomed)
+    two = write_report(tables, "paper", results, tmp_path / "two", catalogue=cat, workers=2)
+    assert "a figure worker process died" in capfd.readouterr().err
+    monkeypatch.setattr(build, "_start_pool", started)
+    one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
     assert one.drawn == two.drawn >= len(tables)
     assert _files(tmp_path / "one" / "paper") == _files(tmp_path / "two" / "paper")
