@@ -101,16 +101,81 @@ def row_config(spec: ModelSpec) -> "Config":  # noqa: F821
 
 
 _RESOLVED: dict[str, dict] = {}
+_DELETE_KEY = "_delete_"
+_RESERVED_KEYS = ("filename", "text", "pretty_text", "env_variables")   # mmengine's Config refuses these
+
+
+def _plain(node: Any) -> Any:
+    """What mmengine's ``Config(...).to_dict()`` makes of a plain structure: every dict a new dict, every
+    list or tuple a new one of its type, every other value itself."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_plain(v) for v in node)
+    return node
+
+
+def _merge_a_into_b(a: dict, b: Any) -> Any:
+    """mmengine 0.10's ``Config._merge_a_into_b(a, b, allow_list_keys=True)`` on plain dicts, step for step
+    (``_delete_`` popped only where ``b`` has the key; a digit key indexes a list), then made plain."""
+    b = b.copy()
+    for k, v in a.items():
+        if k.isdigit() and isinstance(b, list):
+            k = int(k)
+            if len(b) <= k:
+                raise KeyError(f"Index {k} exceeds the length of list {b}")
+            b[k] = _merge_a_into_b(v, b[k])
+        elif isinstance(v, dict):
+            if k in b and not v.pop(_DELETE_KEY, False):
+                if not isinstance(b[k], (dict, list)):
+                    raise TypeError(f"{k}={v} in child config cannot inherit from base because {k} is a dict in the "
+                                    f"child config but is of type {type(b[k])} in base config. You may set "
+                                    f"`{_DELETE_KEY}=True` to ignore the base config.")
+                b[k] = _merge_a_into_b(v, b[k])
+            else:
+                b[k] = _plain(v)
+        else:
+            b[k] = _plain(v)
+    return b
+
+
+def _resolve_plain(spec: ModelSpec) -> dict:
+    """``row_config(spec).to_dict()`` without building mmengine Configs (~3 ms a row, and mmengine's import):
+    the same merge (``merge_from_dict(overrides, allow_list_keys=True)``) on plain dicts. A test holds it equal
+    to mmengine's for every row of the catalogue and for the merge's corner cases."""
+    if spec.module is not None:
+        return {"module": _plain(dict(spec.module))}
+    base = _load_base(spec.config)
+    for key in base:
+        if key in _RESERVED_KEYS:
+            raise KeyError(f"{key} is reserved for config file")
+    return merge_overrides(base, spec.overrides)
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """``Config(base).merge_from_dict(overrides, allow_list_keys=True)`` then ``.to_dict()``, on plain dicts
+    (dotted keys, '0'-style list indices, ``_delete_``); neither argument is changed."""
+    cfg = _plain(base)
+    if overrides:
+        options: dict = {}
+        for full_key, v in copy.deepcopy(overrides).items():   # the merge pops `_delete_`: a copy
+            d = options
+            *path, last = full_key.split(".")
+            for sub in path:
+                d = d.setdefault(sub, {})
+            d[last] = v
+        cfg = _merge_a_into_b(options, cfg)
+    return cfg
 
 
 def resolved_dict(spec: ModelSpec) -> dict:
     """``row_config(spec).to_dict()``, built once per process for equal specs (as ``_load_base`` parses each
     base once): every caller gets the same dict, so read it and never change it (``copy.deepcopy`` first)."""
-    key = json.dumps({"config": spec.config, "overrides": spec.overrides, "module": spec.module}, sort_keys=True,
-                     default=repr)
+    # key order kept: it is the merged config's order (a dumped config follows it)
+    key = json.dumps([spec.config, spec.overrides, spec.module], default=repr)
     got = _RESOLVED.get(key)
     if got is None:
-        got = _RESOLVED[key] = row_config(spec).to_dict()
+        got = _RESOLVED[key] = _resolve_plain(spec)
     return got
 
 
