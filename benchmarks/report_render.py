@@ -50,15 +50,22 @@ def _figure_kwargs() -> dict:
     return {"figure_formats": tuple(FIGURE_FORMATS.split(","))} if FIGURE_FORMATS else {}
 sys.path.insert(0, str(CODE))
 
-from bench.recipes import Catalogue, Table  # noqa: E402
-from bench.results import Measurement, Result, result_path, write_result  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.recipes import Table
+    from bench.results import Result
+# bench itself is imported inside the functions: a spawned figure worker re-imports this script (multiprocessing
+# runs the main module again), and `bench report`'s own main module, the console script, imports only bench.cli
 
 N_FILES = 1000
 SCALE = "paper"
 DEVICE = "benchmark fixture (synthetic numbers, not a measurement)"
 
 
-def fixture(table: Table, row, seed: int, rng: random.Random) -> Result:
+def fixture(table: "Table", row, seed: int, rng: random.Random) -> "Result":
+    from bench.results import Measurement, Result
+
     measured = {}
     for col in table.metric_columns:
         pub = row.published.get(col.key)
@@ -71,8 +78,10 @@ def fixture(table: Table, row, seed: int, rng: random.Random) -> Result:
                   finished_at=f"2026-01-01T00:00:{seed:02d}+00:00")
 
 
-def generate(tables: list[Table], root: Path) -> list[Path]:
+def generate(tables: list["Table"], root: Path) -> list[Path]:
     """Seed folders root/seed-<n>/ with N_FILES result files in all; returns the folders."""
+    from bench.results import result_path, write_result
+
     rng = random.Random(0)
     rows = [(t, r) for t in tables for r in t.rows if r.reference_only is None]
     folders, written, seed = [], 0, 0
@@ -158,6 +167,8 @@ def child(out: str, results: str) -> None:
 def change_one(results: Path, k: int) -> None:
     """Give one result file of CHANGED another measured number (k-th change)."""
     table, row = CHANGED
+    from bench.results import result_path
+
     path = result_path(results / "seed-0", SCALE, table, row)
     data = json.loads(path.read_text())
     key = sorted(data["measured"])[0]
@@ -208,6 +219,7 @@ def main() -> None:
     if args.figure_formats:
         FIGURE_FORMATS = os.environ["BENCH_REPORT_FIGURE_FORMATS"] = args.figure_formats
 
+    from bench.recipes import Catalogue
     from bench.report.build import write_report
 
     load = os.getloadavg()
