@@ -149,17 +149,14 @@ def test_cli_no_cache_rewrites_everything(setup):
     assert {"csr-d2s/table-ii.html", "csr-d2s/table-ii/published-vs-measured.svg", "index.html"} <= _touched(root)
 
 
-def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, monkeypatch):
-    """workers > 1: spawned processes draw some tables' figures and this process the tables none of them has
-    started (after the audits); every file equals a one-process render, byte for byte, and each figure is drawn
-    once. Six tables, so the one worker's queue cannot hold them all and this process draws some itself."""
+def _fixed_tables(tmp_path: Path, monkeypatch, *names: str):
+    """The tables, and a results folder whose every row with a published mask AP measured it + 0.3 (paper
+    scale); pages dated and the profile cache empty, so two renders can be compared byte for byte."""
     import bench.report.html as pages
 
     monkeypatch.setattr(pages, "now", lambda: "2026-01-01T00:00:00+00:00")
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     cat = Catalogue()
-    names = ("csr-d2s/table-i", "csr-d2s/table-ii", "csr-d2s/table-iii", "amf-sparseinst/table-4",
-             "amf-sparseinst/table-5", "isda/table-1")
     tables = [cat.load(n) for n in names]
     results = tmp_path / "results"
     for t in tables:
@@ -167,6 +164,16 @@ def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, m
             if row.published.get("mask_AP") is not None:
                 put(results, fixture_result(t.name, row.id, scale="paper",
                                             measured={"mask_AP": row.published["mask_AP"] + 0.3}), scale="paper")
+    return cat, tables, results
+
+
+def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, monkeypatch):
+    """workers > 1: spawned processes draw some tables' figures and this process the tables none of them has
+    started (after the audits); every file equals a one-process render, byte for byte, and each figure is drawn
+    once. Six tables, so the one worker's queue cannot hold them all and this process draws some itself."""
+    cat, tables, results = _fixed_tables(tmp_path, monkeypatch, "csr-d2s/table-i", "csr-d2s/table-ii",
+                                         "csr-d2s/table-iii", "amf-sparseinst/table-4", "amf-sparseinst/table-5",
+                                         "isda/table-1")
     one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
     two = write_report(tables, "paper", results, tmp_path / "two", catalogue=cat, workers=2)
     assert one.drawn == two.drawn >= len(tables)
@@ -179,18 +186,9 @@ def test_a_figure_worker_that_dies_leaves_its_tables_to_this_process(tmp_path, m
     import signal
 
     import bench.report.build as build
-    import bench.report.html as pages
 
-    monkeypatch.setattr(pages, "now", lambda: "2026-01-01T00:00:00+00:00")
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    cat = Catalogue()
-    tables = [cat.load(n) for n in ("csr-d2s/table-i", "csr-d2s/table-ii", "csr-d2s/table-iii")]
-    results = tmp_path / "results"
-    for t in tables:
-        for row in t.rows:
-            if row.published.get("mask_AP") is not None:
-                put(results, fixture_result(t.name, row.id, scale="paper",
-                                            measured={"mask_AP": row.published["mask_AP"] + 0.3}), scale="paper")
+    cat, tables, results = _fixed_tables(tmp_path, monkeypatch, "csr-d2s/table-i", "csr-d2s/table-ii",
+                                         "csr-d2s/table-iii")
     started = build._start_pool
 
     def doomed(workers, n):   # the real pool, its one worker killed as soon as it runs
