@@ -8,7 +8,7 @@ versions of the libraries that draw and format (matplotlib, jinja2, pandas, tabu
   hashes and :func:`render_code_key`), stored beside the page in ``<table>.render.json`` with the hashes of its
   exports; a page whose hash is unchanged (and whose files are all still there) is neither rendered nor
   written, nor are its figures and exports;
-* each **figure** is stored once per content under ``<scale>/.render-cache/figures/<hash>.<png|svg>``, the
+* each **figure** is stored once per content under ``<scale>/.render-cache/figures/<hash>.<svg|png|pdf>``, the
   hash being that of exactly what it plots (``plots.PlotData``), so an unchanged figure is copied, never
   redrawn, whichever table or render asks for it;
 * the page's **audit** (``audit_view.page_audit``: profile cache, claim checks, zoo metafiles, several seconds
