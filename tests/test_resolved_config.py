@@ -9,7 +9,7 @@ import pytest
 from mmengine.config import Config
 
 from bench.recipes import Catalogue
-from bench.resolve import merge_overrides, resolved_dict, row_config
+from bench.resolve import _load_base, merge_overrides, resolved_dict, row_config
 
 
 def _same(a, b) -> bool:
@@ -34,6 +34,10 @@ def test_every_catalogue_row_resolves_as_mmengine_resolves_it():
     assert len(rows) > 150
     for t, r in rows:
         assert _same(resolved_dict(r.model), row_config(r.model).to_dict()), f"{t.name} row {r.id}"
+        # and against mmengine's own merge (row_config is built from resolved_dict)
+        want = ({"module": Config({"module": dict(r.model.module)}).to_dict()["module"]} if r.model.module is not None
+                else _mmengine(_load_base(r.model.config), r.model.overrides))
+        assert _same(resolved_dict(r.model), want), f"{t.name} row {r.id}"
 
 
 BASE = {"model": {"type": "MaskRCNN", "backbone": {"type": "ResNet", "depth": 50, "norm_cfg": {"type": "BN"},

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 from bench.recipes import Catalogue, Table
 from bench.report.frame import TableView, baseline_tables, build_table_view, gather
+from bench.report.plots import DEFAULT_FORMATS, check_formats
 
 #: export formats: CLI name -> file suffix
 EXPORT_SUFFIXES = {"csv": "csv", "md": "md", "latex": "tex"}
@@ -128,7 +129,7 @@ def _summaries(root: Path, catalogue: Catalogue) -> list:
 def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: Optional[Path] = None, *,
                  catalogue: Catalogue, html: bool = True, formats: Sequence[str] = ("csv", "md", "latex"),
                  extra_roots: Sequence[Path] = (), workers: int = 1, cache: bool = True,
-                 figure_formats: Sequence[str] = ("svg",)) -> ReportOutput:
+                 figure_formats: Sequence[str] = DEFAULT_FORMATS) -> ReportOutput:
     """Report ``tables`` at ``scale`` from ``results_root`` (plus other seeds' folders ``extra_roots``).
 
     ``figure_formats``: the figure files beside each page (``bench.report.plots.FORMATS``); the page shows
@@ -140,12 +141,7 @@ def write_report(tables: Sequence[Table], scale: str, results_root: Path, out: O
     from bench.report import cache as rc
     from bench.report import export
 
-    from bench.report.plots import check_formats
-
-    figure_formats = check_formats(figure_formats)
-    if html and not {"svg", "png"} & set(figure_formats):
-        raise ValueError(f"figure format(s) {', '.join(figure_formats)}: a page shows its figures as SVG or PNG, "
-                         "so one of them is needed with the pages")
+    figure_formats = check_formats(figure_formats, pages=html)
     root = Path(out or default_reports_dir()) / scale
     # a folder without a table's record (a first render, --no-cache) draws figures: their worker processes
     # start now, so their imports overlap the gathering; otherwise only once the views say what changed

@@ -58,7 +58,7 @@ def canon(obj: Any, _memo: Optional[dict] = None) -> Any:
     if t is dict:
         memo = {} if _memo is None else _memo
         return ["dict", [[canon(k, memo), canon(v, memo)] for k, v in obj.items()]]
-    if obj is None or isinstance(obj, str) and not isinstance(obj, enum.Enum):
+    if isinstance(obj, str) and not isinstance(obj, enum.Enum):
         return obj
     if isinstance(obj, (bool, int)) and not isinstance(obj, enum.Enum):
         return obj

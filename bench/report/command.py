@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 FORMATS = ("md", "csv", "latex")
+FIGURE_FORMATS = ("svg", "png", "pdf")   # = bench.report.plots.FORMATS (a test holds them equal; this module stays light)
 
 
 class ReportError(click.ClickException):
@@ -44,7 +45,7 @@ def _tables(ctx: click.Context, names: tuple[str, ...], all_tables: bool):
               help="Further results folders holding other seeds' runs of the same rows (repeatable): "
                    "cells show mean ± sd and claims use the spread as noise. The seeds of "
                    "`bench run --seeds N` (results/seeds/<k>/) are always included.")
-@click.option("--figure-format", "figure_formats", type=click.Choice(("svg", "png", "pdf")), multiple=True,
+@click.option("--figure-format", "figure_formats", type=click.Choice(FIGURE_FORMATS), multiple=True,
               help="Figure files beside each page (repeatable; default svg, which the page shows): png for slides "
                    "and tools without SVG (the page shows it when no svg is asked for), pdf for LaTeX. Each "
                    "format is drawn anew: two double the figures' time.")
@@ -84,9 +85,12 @@ def report_cmd(ctx: click.Context, tables: tuple[str, ...], all_tables: bool, ht
             return
     if not html and not formats:
         html, formats = True, FORMATS
-    figure_formats = figure_formats or ("svg",)
-    if html and not {"svg", "png"} & set(figure_formats):
-        raise click.UsageError("--figure-format pdf alone: a page shows its figures as svg or png, so add one of them")
+    from bench.report.plots import DEFAULT_FORMATS, check_formats
+
+    try:
+        figure_formats = check_formats(figure_formats or DEFAULT_FORMATS, pages=html)
+    except ValueError as e:
+        raise click.UsageError(f"--figure-format: {e}") from None
     # the extra seeds of `bench run --seeds N` live in results/seeds/<k>/: always pooled with seed 0
     seed_roots = tuple(sorted(p for p in (Path(results_root) / "seeds").glob("*") if p.is_dir()))
     report = write_report(selected, scale, results_root, out or default_reports_dir(), catalogue=cat, html=html,

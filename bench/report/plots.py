@@ -311,7 +311,8 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
     ax.scatter([], [], s=30, color=PUBLISHED_COLOUR, label="published")
     ax.scatter([], [], s=30, facecolors="none", edgecolors=MEASURED_COLOUR, label="measured (row #)")
-    per_inch = (hi + 0.3 * (hi - lo) - lo) / (ax.get_position().width * fig.get_figwidth())
+    x0, x1 = ax.get_xlim()
+    per_inch = (x1 - x0) / (ax.get_position().width * fig.get_figwidth())
     # a point and its text, ~0.055 in a character at 7 pt
     marks = [(x, x + per_inch * (0.07 + 0.055 * n), y, y) for x, y, n in labels]
     ax.legend(loc=_free_corner(ax, marks, (1.35, 0.4)), fontsize=7, frameon=False)
@@ -350,7 +351,7 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     m = METRICS[key]
     ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline", y=TITLE_Y)
     marks = [(x - width, x, 0.0, p) for x, p in zip(xs, pub)]
-    marks += [(x, x + width, min(0.0, v - lo), max(0.0, v + hi)) for x, v, lo, hi in zip(xs, meas, below, above)]
+    marks += [(x, x + width, min(0.0, v - down), max(0.0, v + up)) for x, v, down, up in zip(xs, meas, below, above)]
     ylo, yhi = ax.get_ylim()
     marks += [(i, i + width, 0.0, 0.0 + 0.12 * (yhi - ylo)) for i in missing]   # the "not measured" text
     return marks
@@ -433,11 +434,15 @@ def warm_up() -> None:
         importlib.import_module(name)
 
 
-def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """The figure formats, in FORMATS order, each once; an unknown one is a ValueError naming the known."""
+def check_formats(formats: Sequence[str], pages: bool = False) -> tuple[str, ...]:
+    """The figure formats, in FORMATS order, each once. A ValueError for an unknown one, or, with ``pages``,
+    for a set without SVG or PNG (a page shows its figures as one of the two)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"figure format(s) {unknown or list(formats)!r}: known are {', '.join(FORMATS)}")
+    if pages and not {"svg", "png"} & set(formats):
+        raise ValueError(f"figure format(s) {', '.join(formats)} alone: a page shows its figures as svg or png, "
+                         "so add one of them")
     return tuple(f for f in FORMATS if f in formats)
 
 

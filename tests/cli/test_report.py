@@ -337,6 +337,12 @@ def test_cross_table_baseline(tmp_path):
     assert all(c.verdict is Verdict.INCONCLUSIVE for c in view.claims)        # nothing measured
 
 
+def test_the_command_offers_the_figure_formats_plots_draws():
+    from bench.report import command, plots
+
+    assert command.FIGURE_FORMATS == plots.FORMATS and set(plots.DEFAULT_FORMATS) <= set(plots.FORMATS)
+
+
 def test_command_module_is_cheap_to_import():
     code = ("import sys, bench.report.command; "
             "heavy = [m for m in ('pandas', 'matplotlib', 'jinja2', 'torch', 'mmdet') if m in sys.modules]; "
