@@ -40,6 +40,10 @@ DPI = 110
 TICKS = 4                  # MaxNLocator's nbins: at most 4 intervals an axis (but 3 ticks at least)
 TITLE_Y = 1.0              # panel titles at the axes' top: no x ticks there, and a fixed y skips matplotlib's
                            # search for overlapping tick labels (it measures every tick label of the panel)
+TITLE_SIZE = 10            # the figure's title (points)
+TICK_LENGTH = 3.5          # points: matplotlib's default major tick length, and its pad to the label
+TICK_PAD = 3.5
+LABEL_PAD = 4.0            # points between the tick labels and the axis label (matplotlib's labelpad)
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "bench", "font.size": 8.5, "axes.titlesize": 9,
          "axes.spines.top": False, "axes.spines.right": False}
 
@@ -131,41 +135,128 @@ class Layout:
     max_cols: int = 4
 
 
-def _figure(n_panels: int, layout: Layout, title_lines: int) -> tuple["Figure", list["Axes"]]:
+def _figure(n_panels: int, layout: Layout, view: PlotData, what: str) -> tuple["Figure", list["Axes"]]:
+    """The figure, its panels and its title (``view``'s table: ``what``), wrapped to the figure's width."""
     from matplotlib.figure import Figure
 
     n = max(n_panels, 1)
     cols = min(layout.max_cols, n)
     rows = -(-n // cols)
     (aw, ah), (gw, gh) = layout.axes, layout.gap
-    top = 0.2 + 0.2 * title_lines + 0.3      # suptitle lines and the panels' own titles
     inner_w = cols * aw + (cols - 1) * gw
     width = max(layout.left + inner_w + layout.right, MIN_WIDTH)
     left = (width - inner_w) / 2 if width == MIN_WIDTH else layout.left
+    title = _wrap(_heading(view, what), width)
+    top = 0.2 + 0.2 * (title.count("\n") + 1) + 0.3      # the title's lines and the panels' own titles
     height = top + rows * ah + (rows - 1) * gh + layout.bottom
     fig = Figure(figsize=(width, height))
     grid = fig.add_gridspec(rows, cols, left=left / width, right=(left + inner_w) / width,
                             bottom=layout.bottom / height, top=1 - top / height, wspace=gw / aw, hspace=gh / ah)
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n_panels)]
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:  # at most TICKS + 1 ticks an axis (matplotlib allows 9 here): a tick is a costly artist
-        ax.xaxis.set_major_locator(MaxNLocator(TICKS, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
-        ax.yaxis.set_major_locator(MaxNLocator(TICKS, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
+    fig.suptitle(title, y=1 - 0.12 / height, va="top", color=SMOKE_COLOUR if view.smoke else "black",
+                 fontsize=TITLE_SIZE, fontweight="bold" if view.smoke else "normal")
     return fig, axes
 
 
-def _title_lines(view: PlotData) -> int:
-    return 2 if view.smoke else 1
-
-
-def _title(fig: "Figure", view: PlotData, what: str) -> str:
+def _heading(view: PlotData, what: str) -> str:
     title = f"{view.slug} Table {_plain(view.number)}: {what}"
-    if view.smoke:
-        title = f"{SMOKE_BANNER}\n{title}"
-    fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", color=SMOKE_COLOUR if view.smoke else "black",
-                 fontsize=10, fontweight="bold" if view.smoke else "normal")
-    return title
+    return f"{SMOKE_BANNER}\n{title}" if view.smoke else title
+
+
+def _wrap(text: str, width: float) -> str:
+    """``text`` broken at spaces into lines that fit a figure ``width`` inches wide at the title's size (a
+    longer line is cut off at both sides). The widths are estimates (:func:`_text_width`)."""
+    out = []
+    for line in text.split("\n"):
+        cur = ""
+        for word in line.split(" "):
+            if cur and _text_width(f"{cur} {word}", TITLE_SIZE) > width - 0.3:
+                out.append(cur)
+                cur = word
+            else:
+                cur = f"{cur} {word}" if cur else word
+        out.append(cur)
+    return "\n".join(out)
+
+
+#: advance widths in em of DejaVu Sans (matplotlib's default font): digits and the signs of tick labels, and
+#: for any other character about the mean of text (where bench places text without measuring it)
+_EM = {**dict.fromkeys("0123456789", 0.636), ".": 0.318, "\N{MINUS SIGN}": 0.838, "-": 0.361, " ": 0.318}
+
+
+def _text_width(text: str, size: float) -> float:
+    """Inches ``text`` takes at ``size`` points, estimated from DejaVu Sans's advance widths (matplotlib can
+    measure it, but measuring every text is what made its ticks costly)."""
+    return sum(_EM.get(c, 0.6) for c in text) * size / 72
+
+
+def _tick_labels(locs: list[float]) -> list[str]:
+    """Tick labels as matplotlib's ScalarFormatter writes them on bench's axes: every label with the decimals
+    of the step (20.0, 22.5, 25.0) and a true minus sign (bench's axes need no offset or exponent: their ranges
+    are never tiny next to their values)."""
+    step = min((b - a for a, b in zip(locs, locs[1:])), default=1.0)
+    places = 0
+    while places < 6 and abs(round(step, places) - step) > 1e-9 * max(1.0, abs(step)):
+        places += 1
+    out = []
+    for v in locs:
+        text = f"{v:.{places}f}"
+        out.append(text[1:] if text.startswith("-") and float(text) == 0 else text.replace("-", "\N{MINUS SIGN}"))
+    return out
+
+
+def _ticks(ax: "Axes", grid: bool = False, x: Optional[tuple[list[float], list[str]]] = None) -> None:
+    """The panel's ticks and tick labels, drawn by bench once its limits are final: per axis one line of tick
+    marks (matplotlib's tick markers) and one text per label. matplotlib's own ticks are five artists each and
+    its axes measure every label two or three times a drawing: a fifth of all the figures' cost.
+
+    ``x``: the x axis's (positions, labels) (row #); otherwise, and on the y axis, MaxNLocator's ticks (at most
+    ``TICKS`` intervals, 3 ticks at least) within the limits. ``grid``: light lines at the ticks."""
+    from matplotlib.lines import Line2D
+    from matplotlib.markers import TICKDOWN, TICKLEFT
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import offset_copy
+
+    size = ax.xaxis.get_label().get_fontsize()   # matplotlib's tick labels are "medium": the font size
+    gap = TICK_LENGTH + TICK_PAD
+    ax.set_xlim(ax.get_xlim())   # the limits fixed: the tick marks added below must not widen an autoscaled axis
+    ax.set_ylim(ax.get_ylim())
+    for name in "xy":
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        lo, hi = sorted(ax.get_xlim() if name == "x" else ax.get_ylim())
+        if name == "x" and x is not None:
+            locs, labels = [float(v) for v in x[0]], list(x[1])
+        else:
+            eps = (hi - lo) * 1e-9
+            locs = [float(v) for v in MaxNLocator(TICKS, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3).tick_values(lo, hi)
+                    if lo - eps <= v <= hi + eps]
+            labels = _tick_labels(locs)
+        axis.set_ticks([])
+        along = ax.get_xaxis_transform() if name == "x" else ax.get_yaxis_transform()   # data along, axes across
+        zeros = [0.0] * len(locs)
+        ax.add_line(Line2D(*((locs, zeros) if name == "x" else (zeros, locs)), transform=along, linestyle="none",
+                           marker=TICKDOWN if name == "x" else TICKLEFT, markersize=TICK_LENGTH, markeredgewidth=0.8,
+                           color="black", clip_on=False))
+        if grid and locs:
+            nan = float("nan")
+            at = [v for loc in locs for v in (loc, loc, nan)]
+            span = [v for _ in locs for v in (0.0, 1.0, nan)]
+            ax.add_line(Line2D(*((at, span) if name == "x" else (span, at)), transform=along, color="#b0b0b0",
+                               linewidth=0.8, alpha=0.25, zorder=1.5))
+        if name == "x":
+            shifted = offset_copy(along, fig=ax.figure, y=-gap, units="points")
+            for v, text in zip(locs, labels):
+                ax.text(v, 0, text, transform=shifted, ha="center", va="top", fontsize=size, clip_on=False)
+            lines = max((t.count("\n") + 1 for t in labels), default=0)
+            axis.set_label_coords(0.5, 0, transform=offset_copy(ax.transAxes, fig=ax.figure, units="points",
+                                                               y=-(gap + lines * size * 1.2 + LABEL_PAD)))
+        else:
+            shifted = offset_copy(along, fig=ax.figure, x=-gap, units="points")
+            for v, text in zip(locs, labels):
+                ax.text(0, v, text, transform=shifted, ha="right", va="center", fontsize=size, clip_on=False)
+            wide = max((_text_width(t, size) * 72 for t in labels), default=0.0)
+            axis.set_label_coords(0, 0.5, transform=offset_copy(ax.transAxes, fig=ax.figure, units="points",
+                                                               x=-(gap + wide + LABEL_PAD)))
 
 
 def _plain(label: str) -> str:
@@ -269,10 +360,10 @@ def published_vs_measured(view: PlotData) -> Optional["Figure"]:
     if not pairs:
         return None
     panels = _panels(list(pairs))
-    fig, axes = _figure(len(panels), Layout(axes=(2.8, 2.6)), _title_lines(view))
+    fig, axes = _figure(len(panels), Layout(axes=(2.8, 2.6)), view, "published vs measured (numbers: row #)")
     for i, (ax, keys) in enumerate(zip(axes, panels, strict=True)):
         _identity_panel(ax, view, keys, pairs, first=i == 0)
-    _title(fig, view, "published vs measured (numbers: row #)")
+        _ticks(ax)
     return fig
 
 
@@ -288,29 +379,35 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     if keys is None:
         return None
     speed, accuracy = keys
-    fig, (ax,) = _figure(1, Layout(axes=(5.6, 3.6)), _title_lines(view))
-    plotted, labels = False, []   # labels: (x, y, characters) of each point's text, for the legend's corner
+    points = []   # (row, published point, measured point) of each row with either
     for rv in view.rows:
         s, a = rv.cells[speed], rv.cells[accuracy]
         pub = (s.published, a.published) if s.published is not None and a.published is not None else None
         meas = (s.measured, a.measured) if s.measured is not None and a.measured is not None else None
-        if pub:
-            ax.scatter(*pub, s=30, color=PUBLISHED_COLOUR, zorder=3)
-            _label(ax, _short(rv.label, 24), pub, 5, 3, fontsize=7)
-            labels.append((*pub, len(_short(rv.label, 24))))
-        if meas:
-            ax.scatter(*meas, s=30, facecolors="none", edgecolors=MEASURED_COLOUR, zorder=3)
-            _label(ax, str(rv.position), meas, 5, -9, fontsize=7, color=MEASURED_COLOUR)
-            labels.append((*meas, len(str(rv.position))))
-        if pub and meas:
-            ax.plot([pub[0], meas[0]], [pub[1], meas[1]], color="#bbbbbb", lw=0.7, ls=":")
-        plotted = plotted or bool(pub or meas)
-    if not plotted:
+        if pub or meas:
+            points.append((rv, pub, meas))
+    if not points:
         return None
+    fig, (ax,) = _figure(1, Layout(axes=(5.6, 3.6)), view, "speed vs accuracy")
+    pubs = [(rv, p) for rv, p, _ in points if p]
+    meas = [(rv, m) for rv, _, m in points if m]
+    joins = [v for _, p, m in points if p and m for v in ((p[0], p[1]), (m[0], m[1]), (float("nan"),) * 2)]
+    if joins:   # one dotted line per row with both points: one artist, broken at the NaNs
+        ax.plot([j[0] for j in joins], [j[1] for j in joins], color="#bbbbbb", lw=0.7, ls=":")
+    # each series one scatter (drawn in the order of the rows): the legend's entries are its first two
+    ax.scatter([p[0] for _, p in pubs], [p[1] for _, p in pubs], s=30, color=PUBLISHED_COLOUR,
+               zorder=3, label="published")
+    ax.scatter([m[0] for _, m in meas], [m[1] for _, m in meas], s=30, facecolors="none",
+               edgecolors=MEASURED_COLOUR, zorder=3, label="measured (row #)")
+    labels = []   # (x, y, characters) of each point's text, for the legend's corner
+    for rv, p in pubs:
+        _label(ax, _short(rv.label, 24), p, 5, 3, fontsize=7)
+        labels.append((*p, len(_short(rv.label, 24))))
+    for rv, m in meas:
+        _label(ax, str(rv.position), m, 5, -9, fontsize=7, color=MEASURED_COLOUR)
+        labels.append((*m, len(str(rv.position))))
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
-    ax.scatter([], [], s=30, color=PUBLISHED_COLOUR, label="published")
-    ax.scatter([], [], s=30, facecolors="none", edgecolors=MEASURED_COLOUR, label="measured (row #)")
     x0, x1 = ax.get_xlim()
     per_inch = (x1 - x0) / (ax.get_position().width * fig.get_figwidth())
     # a point and its text, ~0.055 in a character at 7 pt
@@ -318,8 +415,7 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     ax.legend(loc=_free_corner(ax, marks, (1.35, 0.4)), fontsize=7, frameon=False)
     ax.set_xlabel(f"{METRICS[speed].label} ({METRICS[speed].unit})")
     ax.set_ylabel(f"{METRICS[accuracy].label} ({METRICS[accuracy].unit})")
-    ax.grid(alpha=0.25)
-    _title(fig, view, "speed vs accuracy")
+    _ticks(ax, grid=True)
     return fig
 
 
@@ -346,7 +442,6 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     for i in missing:  # say so rather than draw a zero-height bar that reads as "no effect"
         _label(ax, "not\nmeasured", (i + width / 2, 0), 0, 3, ha="center", fontsize=6, color=MEASURED_COLOUR)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(xs, labels)
     ax.set_xlabel("row # (claims table)")
     m = METRICS[key]
     ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline", y=TITLE_Y)
@@ -354,6 +449,7 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     marks += [(x, x + width, min(0.0, v - down), max(0.0, v + up)) for x, v, down, up in zip(xs, meas, below, above)]
     ylo, yhi = ax.get_ylim()
     marks += [(i, i + width, 0.0, 0.0 + 0.12 * (yhi - ylo)) for i in missing]   # the "not measured" text
+    _ticks(ax, x=(xs, labels))
     return marks
 
 
@@ -367,10 +463,10 @@ def ablation_deltas(view: PlotData) -> Optional["Figure"]:
         return None
     width = max(1.8, 0.45 * len(claims) + 0.5)
     layout = Layout(axes=(width, 2.0), gap=(0.75, 1.0), bottom=0.55, max_cols=max(1, min(4, int(12 // (width + 0.75)))))
-    fig, axes = _figure(len(keys), layout, _title_lines(view))
+    fig, axes = _figure(len(keys), layout, view,
+                        "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     marks = [_claim_panel(ax, claims, key) for ax, key in zip(axes, keys, strict=True)]
     axes[0].legend(loc=_free_corner(axes[0], marks[0], (1.0, 0.4)), fontsize=7, frameon=False)
-    _title(fig, view, "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     return fig
 
 
