@@ -243,14 +243,23 @@ def _worker_died(e: BaseException, what: str) -> None:
 class _Figures:
     """A render's figures: a table whose figure hashes are unchanged (and whose files exist) reuses them; the
     others are drawn by the worker processes (``pool``, or a new one) and by this process once its own work
-    (exports, audits) is done: it then takes the tables no worker has started (:meth:`collect`)."""
+    (exports, audits) is done (:meth:`collect`).
+
+    The tables to draw are taken costliest first (:func:`~bench.report.plots.figure_cost`) from one queue: by
+    each worker, which holds two at most (one drawing, the next when a callback hands it over as one is done;
+    ProcessPoolExecutor's own queue would hold more, and a table there cannot be taken back), and by this
+    process. The last tables drawn are the cheapest, so at the end neither waits long for the other."""
 
     def __init__(self, views: list[TableView], old: list[dict], root: Path, workers: int, cache: bool,
                  formats: tuple[str, ...], pool=None):
-        from bench.report import cache as rc
-        from bench.report.plots import FIGURES, Plot, figure_key, plot_data
+        import threading
+        from collections import deque
 
-        self.pool, self.futures = pool, []
+        from bench.report import cache as rc
+        from bench.report.plots import FIGURES, Plot, figure_cost, figure_key, plot_data
+
+        self.pool, self.futures = pool, {}
+        self.lock = threading.Lock()
         try:
             self.store = rc.cache_dir(root) / "figures" if cache else None
             datas = [plot_data(v) for v in views]
@@ -266,35 +275,52 @@ class _Figures:
             self.jobs = [i for i in range(len(views)) if i not in self.plots]
             self.args = [(datas[i], _table_paths(root, views[i].table)[1], self.store, self.keys[i] or None,
                           formats) for i in self.jobs]
+            cost = [figure_cost(datas[i]) for i in self.jobs]
+            self.pending = deque(sorted(range(len(self.jobs)), key=lambda k: (-cost[k], k)))
             if self.pool is None and len(self.jobs) > 1:
                 self.pool = _start_pool(workers, len(self.jobs))
-            if self.pool is not None:
-                from concurrent.futures.process import BrokenProcessPool
-
-                from bench.report.plots import write_plots
-
-                try:
-                    self.futures = [self.pool.submit(write_plots, *a) for a in self.args]
-                except BrokenProcessPool as e:   # a worker died already: this process draws everything
-                    _worker_died(e, "every table")
-                    self.futures = []
-                    self.close()
+            for _ in range(2 * (min(workers, len(self.jobs)) - 1) if self.pool is not None else 0):
+                self._feed()   # two a worker: the next is there when one is done (a handover takes a few ms)
         except BaseException:
             self.close()
             raise
 
-    def collect(self, ready) -> None:
-        """Call ``ready(k, plots)`` for each job ``k`` (an index into ``jobs``) as its table is drawn: first those
-        the workers have finished, then, from the last, each table no worker has started, drawn here. A worker
-        that dies leaves its tables to this process (said on stderr), not a failed report."""
+    def _take(self) -> Optional[int]:
+        with self.lock:
+            return self.pending.popleft() if self.pending else None
+
+    def _feed(self, _done=None) -> None:
+        """Hand the next table to a worker: at the start, two a worker, then one from each finished future's
+        callback (in the pool's thread). A pool that is broken or shut down gets none: this process draws it."""
         from concurrent.futures.process import BrokenProcessPool
 
         from bench.report.plots import write_plots
 
-        if not self.futures:
-            for k, a in enumerate(self.args):
-                ready(k, write_plots(*a))
+        pool = self.pool
+        k = self._take() if pool is not None else None
+        if k is None:
             return
+        try:
+            future = pool.submit(write_plots, *self.args[k])
+        except (BrokenProcessPool, RuntimeError) as e:   # a worker died (or the pool was let go): not this table
+            if isinstance(e, BrokenProcessPool):
+                _worker_died(e, "the tables not yet handed out")
+            with self.lock:
+                self.pending.appendleft(k)
+            return
+        with self.lock:
+            self.futures[k] = future
+        future.add_done_callback(self._feed)
+
+    def collect(self, ready) -> None:
+        """Call ``ready(k, plots)`` for each job ``k`` (an index into ``jobs``) as its table is drawn: those
+        the workers finish, and those this process takes from the queue and draws itself. A worker that dies
+        leaves its tables to this process (said on stderr), not a failed report."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        from bench.report.plots import write_plots
+
         done: set[int] = set()
 
         def result(k: int) -> list:
@@ -304,28 +330,30 @@ class _Figures:
                 _worker_died(e, f"{self.args[k][1].name}'s figures")
                 return write_plots(*self.args[k])
 
-        def finished() -> None:
-            for k, f in enumerate(self.futures):
-                if k not in done and f.done() and not f.cancelled():
-                    done.add(k)
-                    ready(k, result(k))
-
-        for k in reversed(range(len(self.futures))):
-            finished()
-            if k not in done and self.futures[k].cancel():
-                done.add(k)
-                ready(k, write_plots(*self.args[k]))
-        for k in range(len(self.futures)):
-            if k not in done:
+        while True:
+            with self.lock:
+                finished = [k for k, f in self.futures.items() if k not in done and f.done()]
+                running = [f for k, f in self.futures.items() if k not in done and not f.done()]
+            for k in finished:
                 done.add(k)
                 ready(k, result(k))
+            k = self._take()
+            if k is not None:
+                done.add(k)
+                ready(k, write_plots(*self.args[k]))
+            elif running:
+                wait(running, return_when=FIRST_COMPLETED)
+            elif not finished:
+                with self.lock:
+                    if not self.pending:
+                        return
 
     def close(self) -> None:
         """Let the workers go: each exits once it has its sentinel (not waited for here: every figure this
         render uses is written before its future is done; a process that is not finished is joined at exit)."""
-        if self.pool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        pool, self.pool = self.pool, None
+        if pool:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _pages(views: list[TableView], view_keys: list, exports: list[dict[str, Path]], old: list[dict],

@@ -113,6 +113,14 @@ def plot_data(view: "TableView") -> PlotData:
                     {k: tolerance_for(k, None, view.table) for k in keys}, rows, claims, view.table.name)
 
 
+def figure_cost(data: PlotData) -> float:
+    """About how long a table's figures take to draw: their panels, and half a panel a figure (measured: ~15 ms
+    of CPU a panel with its ticks, less than a panel's worth a figure). The report hands the costliest first."""
+    pairs = _pairs(data)
+    panels = [len(_panels(list(pairs))) if pairs else 0, 1 if _speed_keys(data) else 0, len(_delta_keys(data)[1])]
+    return sum(panels) + 0.5 * sum(1 for n in panels if n)
+
+
 def figure_key(name: str, data: PlotData) -> str:
     """The content hash of one figure: its kind, what it plots, bench's code and the drawing libraries."""
     import dataclasses
@@ -453,12 +461,17 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     return marks
 
 
-def ablation_deltas(view: PlotData) -> Optional["Figure"]:
+def _delta_keys(view: PlotData) -> tuple[list[PlotClaim], list[str]]:
+    """The claim rows with a metric, and the columns of their Δ panels: the headline AP and every cost column
+    (params, FLOPs, speed); the claims table has all AP columns."""
     claims = [c for c in view.claims if c.metrics]
     compared = [k for k in view.metric_keys if any(m.metric == k for c in claims for m in c.metrics)]
     primary = primary_metric([k for k in compared if k in AP_METRICS])
-    # the headline AP and every cost column (params, FLOPs, speed); the claims table has all AP columns
-    keys = ([primary] if primary else []) + [k for k in compared if k not in AP_METRICS]
+    return claims, ([primary] if primary else []) + [k for k in compared if k not in AP_METRICS]
+
+
+def ablation_deltas(view: PlotData) -> Optional["Figure"]:
+    claims, keys = _delta_keys(view)
     if not keys:
         return None
     width = max(1.8, 0.45 * len(claims) + 0.5)

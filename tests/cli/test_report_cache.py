@@ -168,9 +168,8 @@ def _fixed_tables(tmp_path: Path, monkeypatch, *names: str):
 
 
 def test_figures_drawn_by_worker_processes_equal_one_process_drawing(tmp_path, monkeypatch):
-    """workers > 1: spawned processes draw some tables' figures and this process the tables none of them has
-    started (after the audits); every file equals a one-process render, byte for byte, and each figure is drawn
-    once. Six tables, so the one worker's queue cannot hold them all and this process draws some itself."""
+    """workers > 1: spawned processes draw some tables' figures and this process the others (after the audits);
+    every file equals a one-process render, byte for byte, and each figure is drawn once."""
     cat, tables, results = _fixed_tables(tmp_path, monkeypatch, "csr-d2s/table-i", "csr-d2s/table-ii",
                                          "csr-d2s/table-iii", "amf-sparseinst/table-4", "amf-sparseinst/table-5",
                                          "isda/table-1")
@@ -200,6 +199,44 @@ def test_a_figure_worker_that_dies_leaves_its_tables_to_this_process(tmp_path, m
     monkeypatch.setattr(build, "_start_pool", doomed)
     two = write_report(tables, "paper", results, tmp_path / "two", catalogue=cat, workers=2)
     assert "a figure worker process died" in capfd.readouterr().err
+    monkeypatch.setattr(build, "_start_pool", started)
+    one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
+    assert one.drawn == two.drawn >= len(tables)
+    assert _files(tmp_path / "one" / "paper") == _files(tmp_path / "two" / "paper")
+
+
+def test_a_worker_holds_two_tables_at_most_and_this_process_draws_the_rest(tmp_path, monkeypatch):
+    """The tables are handed to a worker two at a time (one drawing, one next), costliest first: none waits
+    in the pool's own queue, where this process could not take it back, so this process draws tables too,
+    and the cheapest are drawn last. Six tables, one worker."""
+    import bench.report.build as build
+    from bench.report.plots import figure_cost, write_plots
+
+    cat, tables, results = _fixed_tables(tmp_path, monkeypatch, "csr-d2s/table-i", "csr-d2s/table-ii",
+                                         "csr-d2s/table-iii", "amf-sparseinst/table-4", "amf-sparseinst/table-5",
+                                         "isda/table-1")
+    started, held, submitted = build._start_pool, [], []
+
+    def counted(workers, n):   # the real pool; each table handed over is counted with those it still holds
+        pool = started(workers, n)
+        submit = pool.submit
+
+        def submit_counted(fn, *args, **kw):
+            future = submit(fn, *args, **kw)
+            if fn is write_plots:
+                submitted.append((figure_cost(args[0]), future))
+                held.append(sum(not f.done() for _, f in submitted))
+            return future
+
+        pool.submit = submit_counted
+        return pool
+
+    monkeypatch.setattr(build, "_start_pool", counted)
+    two = write_report(tables, "paper", results, tmp_path / "two", catalogue=cat, workers=2)
+    assert held and max(held) <= 2
+    assert len(submitted) < len(tables)            # this process drew some tables itself
+    costs = [c for c, _ in submitted]
+    assert costs == sorted(costs, reverse=True)    # costliest first
     monkeypatch.setattr(build, "_start_pool", started)
     one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
     assert one.drawn == two.drawn >= len(tables)
