@@ -241,3 +241,34 @@ def test_a_worker_holds_two_tables_at_most_and_this_process_draws_the_rest(tmp_p
     one = write_report(tables, "paper", results, tmp_path / "one", catalogue=cat, workers=1)
     assert one.drawn == two.drawn >= len(tables)
     assert _files(tmp_path / "one" / "paper") == _files(tmp_path / "two" / "paper")
+
+
+def test_a_recipe_hashes_the_same_in_every_process_and_differs_with_any_field():
+    """Pages are keyed by pydantic's JSON of the recipe (bench.report.cache._model_json): the key of every
+    table of the catalogue is the same in a process with another hash seed, and a change of any one value of
+    a row (an override, a published cell, None against NaN) changes it."""
+    import math
+    import subprocess
+    import sys
+
+    from bench.report.cache import digest
+
+    cat = Catalogue()
+    here = {t.name: digest("table", t) for t in cat.tables()}
+    code = ("import json; from bench.recipes import Catalogue; from bench.report.cache import digest; "
+            "print(json.dumps({t.name: digest('table', t) for t in Catalogue().tables()}))")
+    import json
+
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, PYTHONHASHSEED=seed)).stdout
+        assert json.loads(out) == here
+    table = cat.load("csr-d2s/table-ii")
+    row = table.rows[1]
+    changed = [row.model_copy(update={"published": {**row.published, "mask_AP": row.published["mask_AP"] + 0.1}}),
+               row.model_copy(update={"published": {**row.published, "mask_AP": None}}),
+               row.model_copy(update={"published": {**row.published, "mask_AP": math.nan}}),
+               row.model_copy(update={"model": row.model.model_copy(
+                   update={"overrides": {**row.model.overrides, "model.extra": 1}})})]
+    keys = {digest("row", r) for r in [row, *changed]}
+    assert len(keys) == 1 + len(changed)
