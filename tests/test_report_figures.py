@@ -132,3 +132,47 @@ def test_figure_files_hold_ticks_labels_and_the_whole_title(tmp_path, smoke):
     pvm = _texts(drawn["published-vs-measured"])
     assert pvm.count("published") == 2 and pvm.count("measured") == 2   # each panel's axis labels
     assert sum(t.startswith("paper-x Table 3") for t in _texts(drawn["ablation-deltas"])) == 1
+
+
+@pytest.mark.parametrize("loc", ["upper left", "upper right", "lower left", "lower right"])
+@pytest.mark.parametrize("ncol", [1, 2])
+def test_legend_is_where_matplotlibs_was(loc, ncol):
+    """bench's legend (bench.report.plots._legend) puts every entry's text where matplotlib's own legend
+    (frameon=False) puts it, to half a point, in every corner, in one column and in two (filled column by
+    column), with samples of each kind."""
+    import io
+
+    from matplotlib.backends.backend_svg import RendererSVG
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    keys = [plots._key("tolerance band", "patch", color="#2e7d32", alpha=0.12, linewidth=0),
+            plots._key("y = x", "line", color="#888888", linewidth=0.8, linestyle="--"),
+            plots._key("mask AP", "marker", marker="o", markersize=20 ** 0.5, color="#1f6fb4"),
+            plots._key("mask AP50 (a longer label)", "marker", marker="s", markersize=20 ** 0.5, color="#d9730d"),
+            plots._key("Δ FPS", "patch", color="#4d4d4d", linewidth=0)]
+
+    def handle(k):
+        style = dict(k.style)
+        if k.kind == "patch":
+            return Rectangle((0, 0), 1, 1, **style)
+        return Line2D([], [], linestyle=style.pop("linestyle", "none") if k.kind == "line" else "none", **style)
+
+    fig = Figure(figsize=(6.4, 3.2))
+    theirs, ours = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    legend = theirs.legend([handle(k) for k in keys], [k.label for k in keys], loc=loc, fontsize=7, ncol=ncol,
+                           frameon=False)
+    plots._legend(ours, keys, loc, 7, ncol=ncol)
+    fig.set_dpi(72)   # the SVG renderer's: what the page shows (text measured unhinted, as bench measures it)
+    renderer = RendererSVG(*fig.get_size_inches() * 72, io.StringIO())
+    fig.draw(renderer)
+
+    def corner_relative(ax, text):   # the text's bounding box against its axes' lower left corner, in points
+        box, frame = text.get_window_extent(renderer), ax.get_window_extent(renderer)
+        return box.x0 - frame.x0, box.y0 - frame.y0
+
+    mine = [t for t in ours.texts if t.get_text() in {k.label for k in keys}]
+    assert [t.get_text() for t in mine] == [k.label for k in keys]
+    for want, got in zip(legend.get_texts(), mine, strict=True):
+        assert corner_relative(ours, got) == pytest.approx(corner_relative(theirs, want), abs=0.5), got.get_text()

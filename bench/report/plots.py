@@ -32,6 +32,8 @@ _METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None}, "png": None}
 PUBLISHED_COLOUR = "#4d4d4d"
 MEASURED_COLOUR = "#1f6fb4"
 SMOKE_COLOUR = "#b3261e"
+BAND_COLOUR = "#2e7d32"
+SCATTER_EDGE = 1.5         # points: a scatter marker's edge (matplotlib's lines.linewidth), its legend sample's too
 SERIES_COLOURS = ("#1f6fb4", "#d9730d", "#2e7d32", "#8e44ad", "#b3261e", "#00838f", "#6d4c41", "#c2185b",
                   "#546e7a", "#9e9d24", "#3949ab", "#ef6c00")
 SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
@@ -187,15 +189,33 @@ def _wrap(text: str, width: float) -> str:
     return "\n".join(out)
 
 
-#: advance widths in em of DejaVu Sans (matplotlib's default font): digits and the signs of tick labels, and
-#: for any other character about the mean of text (where bench places text without measuring it)
-_EM = {**dict.fromkeys("0123456789", 0.636), ".": 0.318, "\N{MINUS SIGN}": 0.838, "-": 0.361, " ": 0.318}
+_ADVANCES: dict[str, float] = {}   # character -> its advance width in em, read from the font once a process
+
+
+def _advance(c: str) -> float:
+    """The advance width, in em, of ``c`` in the font matplotlib draws with (its default family's first font,
+    DejaVu Sans); 0.6 em where the font cannot say."""
+    got = _ADVANCES.get(c)
+    if got is None:
+        try:
+            from matplotlib import font_manager, ft2font
+
+            font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+            font.set_size(100, 72)
+            flags = getattr(ft2font, "LoadFlags", None)
+            glyph = font.load_char(ord(c), flags=flags.NO_HINTING if flags else ft2font.LOAD_NO_HINTING)
+            got = glyph.linearHoriAdvance / 65536 / 100
+        except Exception:  # noqa: BLE001 - a font or a character matplotlib cannot load: an average width
+            got = 0.6
+        _ADVANCES[c] = got
+    return got
 
 
 def _text_width(text: str, size: float) -> float:
-    """Inches ``text`` takes at ``size`` points, estimated from DejaVu Sans's advance widths (matplotlib can
-    measure it, but measuring every text is what made its ticks costly)."""
-    return sum(_EM.get(c, 0.6) for c in text) * size / 72
+    """Inches ``text`` takes at ``size`` points: the sum of its characters' advance widths (no kerning), where
+    bench places text without having matplotlib measure it (its measuring every text is what made matplotlib's
+    ticks and legends costly)."""
+    return sum(_advance(c) for c in text) * size / 72
 
 
 def _tick_labels(locs: list[float]) -> list[str]:
@@ -313,6 +333,68 @@ def _free_corner(ax: "Axes", marks: list[Box], size: tuple[float, float]) -> str
     return min(corners, key=lambda name: covered(*corners[name]))   # min keeps the first of equals
 
 
+@dataclass(frozen=True)
+class Key:
+    """One legend entry: its text and its sample, drawn as ``kind`` ('patch': a filled box, 'line', 'marker')
+    with ``style``, matplotlib keyword arguments (of a Rectangle, or of a Line2D)."""
+
+    label: str
+    kind: str
+    style: tuple[tuple[str, object], ...] = ()
+
+
+def _key(label: str, kind: str, **style) -> Key:
+    return Key(label, kind, tuple(style.items()))
+
+
+#: matplotlib's legend layout (its rcParams' defaults), in em of the legend's font: the inset from the axes'
+#: edges (borderaxespad + borderpad), the sample's length, the gap to the text, the row pitch (a line of text
+#: and labelspacing), the gap between columns; a baseline lies 0.76 em below the top of its row, 0.24 above
+#: its bottom, a sample in the row's middle
+LEGEND_EM = {"inset": 0.9, "sample": 2.0, "sample_height": 0.7, "gap": 0.8, "pitch": 1.5, "columns": 2.0,
+             "ascent": 0.76, "descent": 0.24}
+
+
+def _legend(ax: "Axes", keys: Sequence[Key], loc: str, size: float, ncol: int = 1) -> None:
+    """What ``ax.legend(handles, loc=loc, fontsize=size, ncol=ncol, frameon=False)`` draws (the entries filled
+    top to bottom, column by column), laid out by bench with matplotlib's metrics (``LEGEND_EM``): matplotlib's
+    legend packs its entries in offset boxes that measure every text at each drawing (a quarter of a figure's
+    cost). A right-hand corner places the legend by the texts' estimated widths (:func:`_text_width`)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    if not keys:
+        return
+    em = LEGEND_EM
+    pos = ax.get_position()
+    sx = size / (pos.width * ax.figure.get_figwidth() * 72)    # one em as a fraction of the axes' width
+    sy = size / (pos.height * ax.figure.get_figheight() * 72)
+    rows = -(-len(keys) // ncol)
+    columns = [col for col in (keys[i * rows:(i + 1) * rows] for i in range(ncol)) if col]
+    widths = [em["sample"] + em["gap"] + max(_text_width(k.label, size) * 72 / size for k in col) for col in columns]
+    total = sum(widths) + em["columns"] * (len(widths) - 1)
+    x = em["inset"] * sx if "left" in loc else 1 - (em["inset"] + total) * sx
+    if "upper" in loc:
+        first = 1 - (em["inset"] + em["ascent"]) * sy
+    else:
+        first = (em["inset"] + em["descent"] + em["pitch"] * (rows - 1)) * sy
+    common = {"transform": ax.transAxes, "clip_on": False, "zorder": 5}   # above the data, as matplotlib's legend
+    for col, width in zip(columns, widths):
+        for r, key in enumerate(col):
+            base = first - em["pitch"] * r * sy
+            mid = base + (em["ascent"] - 0.5) * sy
+            style = dict(key.style)
+            if key.kind == "patch":
+                ax.add_patch(Rectangle((x, mid - em["sample_height"] / 2 * sy), em["sample"] * sx,
+                                       em["sample_height"] * sy, **common, **style))
+            elif key.kind == "line":
+                ax.add_line(Line2D([x, x + em["sample"] * sx], [mid, mid], **common, **style))
+            else:
+                ax.add_line(Line2D([x + em["sample"] / 2 * sx], [mid], linestyle="none", **common, **style))
+            ax.text(x + (em["sample"] + em["gap"]) * sx, base, key.label, fontsize=size, va="baseline", **common)
+        x += (width + em["columns"]) * sx
+
+
 # ------------------------------------------------------------------------------------ figures
 Point = tuple[int, float, float]   # (row position, published, measured)
 
@@ -338,16 +420,22 @@ def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.5)
     lo, hi = lo - pad, hi + pad
+    legend = []
     if not view.smoke:  # smoke cells are not compared: no band to fall in
         tol = view.tolerances[keys[0]]
         ax.fill_between([lo, hi], [lo - tol.band(lo), hi - tol.band(hi)], [lo + tol.band(lo), hi + tol.band(hi)],
-                        color="#2e7d32", alpha=0.12, lw=0, label="tolerance band")
-    ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--", label="y = x")
+                        color=BAND_COLOUR, alpha=0.12, lw=0)
+        legend.append(_key("tolerance band", "patch", color=BAND_COLOUR, alpha=0.12, linewidth=0))
+    ax.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls="--")
+    legend.append(_key("y = x", "line", color="#888888", linewidth=0.8, linestyle="--"))
     for i, key in enumerate(keys):
         pts = pairs[key]
         colour = MEASURED_COLOUR if len(keys) == 1 else SERIES_COLOURS[i % len(SERIES_COLOURS)]
-        ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=20, color=colour, zorder=3,
-                   marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], label=METRICS[key].label if len(keys) > 1 else None)
+        marker = SERIES_MARKERS[i % len(SERIES_MARKERS)]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=20, color=colour, zorder=3, marker=marker)
+        if len(keys) > 1:
+            legend.append(_key(METRICS[key].label, "marker", marker=marker, markersize=20 ** 0.5, color=colour,
+                               markeredgewidth=SCATTER_EDGE))
         if i == 0:  # row numbers on the first series only: more would pile up
             for pos, x, y in pts:
                 _label(ax, str(pos), (x, y), 4, 3, fontsize=7)
@@ -360,7 +448,7 @@ def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str
     ax.set_xlabel("published")
     ax.set_ylabel("measured")
     if first or len(keys) > 1:   # (a legend is a fifth of a figure's drawing)
-        ax.legend(loc="upper left", fontsize=6.5, frameon=False, ncol=2 if len(keys) > 4 else 1)
+        _legend(ax, legend, "upper left", 6.5, ncol=2 if len(keys) > 4 else 1)
 
 
 def published_vs_measured(view: PlotData) -> Optional["Figure"]:
@@ -402,11 +490,10 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     joins = [v for _, p, m in points if p and m for v in ((p[0], p[1]), (m[0], m[1]), (float("nan"),) * 2)]
     if joins:   # one dotted line per row with both points: one artist, broken at the NaNs
         ax.plot([j[0] for j in joins], [j[1] for j in joins], color="#bbbbbb", lw=0.7, ls=":")
-    # each series one scatter (drawn in the order of the rows): the legend's entries are its first two
-    ax.scatter([p[0] for _, p in pubs], [p[1] for _, p in pubs], s=30, color=PUBLISHED_COLOUR,
-               zorder=3, label="published")
+    # each series one scatter (its points in the order of the rows)
+    ax.scatter([p[0] for _, p in pubs], [p[1] for _, p in pubs], s=30, color=PUBLISHED_COLOUR, zorder=3)
     ax.scatter([m[0] for _, m in meas], [m[1] for _, m in meas], s=30, facecolors="none",
-               edgecolors=MEASURED_COLOUR, zorder=3, label="measured (row #)")
+               edgecolors=MEASURED_COLOUR, zorder=3)
     labels = []   # (x, y, characters) of each point's text, for the legend's corner
     for rv, p in pubs:
         _label(ax, _short(rv.label, 24), p, 5, 3, fontsize=7)
@@ -420,7 +507,11 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     per_inch = (x1 - x0) / (ax.get_position().width * fig.get_figwidth())
     # a point and its text, ~0.055 in a character at 7 pt
     marks = [(x, x + per_inch * (0.07 + 0.055 * n), y, y) for x, y, n in labels]
-    ax.legend(loc=_free_corner(ax, marks, (1.35, 0.4)), fontsize=7, frameon=False)
+    _legend(ax, [_key("published", "marker", marker="o", markersize=30 ** 0.5, color=PUBLISHED_COLOUR,
+                      markeredgewidth=SCATTER_EDGE),
+                 _key("measured (row #)", "marker", marker="o", markersize=30 ** 0.5, markerfacecolor="none",
+                      markeredgecolor=MEASURED_COLOUR, markeredgewidth=SCATTER_EDGE)],
+            _free_corner(ax, marks, (1.35, 0.4)), 7)
     ax.set_xlabel(f"{METRICS[speed].label} ({METRICS[speed].unit})")
     ax.set_ylabel(f"{METRICS[accuracy].label} ({METRICS[accuracy].unit})")
     _ticks(ax, grid=True)
@@ -444,8 +535,8 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     noise = [below, above]
     xs = list(range(len(claims)))
     width = 0.38
-    ax.bar([x - width / 2 for x in xs], pub, width, color=PUBLISHED_COLOUR, label="paper Δ")
-    ax.bar([x + width / 2 for x in xs], meas, width, color=MEASURED_COLOUR, label="measured Δ",
+    ax.bar([x - width / 2 for x in xs], pub, width, color=PUBLISHED_COLOUR)
+    ax.bar([x + width / 2 for x in xs], meas, width, color=MEASURED_COLOUR,
            yerr=noise, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
     for i in missing:  # say so rather than draw a zero-height bar that reads as "no effect"
         _label(ax, "not\nmeasured", (i + width / 2, 0), 0, 3, ha="center", fontsize=6, color=MEASURED_COLOUR)
@@ -479,7 +570,9 @@ def ablation_deltas(view: PlotData) -> Optional["Figure"]:
     fig, axes = _figure(len(keys), layout, view,
                         "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     marks = [_claim_panel(ax, claims, key) for ax, key in zip(axes, keys, strict=True)]
-    axes[0].legend(loc=_free_corner(axes[0], marks[0], (1.0, 0.4)), fontsize=7, frameon=False)
+    _legend(axes[0], [_key("paper Δ", "patch", color=PUBLISHED_COLOUR, linewidth=0),
+                      _key("measured Δ", "patch", color=MEASURED_COLOUR, linewidth=0)],
+            _free_corner(axes[0], marks[0], (1.0, 0.4)), 7)
     return fig
 
 
