@@ -74,6 +74,20 @@ def test_long_titles_are_wrapped_to_the_figure():
     assert plots._wrap("short title", plots.MIN_WIDTH) == "short title"
     smoke = plots._wrap(f"{SMOKE_BANNER}\nx Table 1: y", plots.MIN_WIDTH)
     assert smoke.split("\n") == [SMOKE_BANNER, "x Table 1: y"]   # the banner keeps its own line
+    # a smoke figure's title is bold, wider: wrapped by the bold font's widths (its line above did not fit)
+    bold = plots._wrap(text, plots.MIN_WIDTH, "bold")
+    assert plots._text_width(text, plots.TITLE_SIZE, "bold") > plots._text_width(text, plots.TITLE_SIZE)
+    assert all(plots._text_width(line, plots.TITLE_SIZE, "bold") <= plots.MIN_WIDTH - 0.3 for line in bold.split("\n"))
+
+
+def test_not_measured_notes_have_room_inside_their_panel():
+    """A Δ panel whose claims are all unmeasured, its paper bars all below zero: the axis goes above zero far
+    enough for the "not measured" notes (it ended at zero, and the notes sat on the panel's title)."""
+    fig = plots.ablation_deltas(_data())
+    fps = fig.axes[1]
+    lo, hi = fps.get_ylim()
+    assert hi >= 0.12 * (hi - lo)    # the height the legend placement allows a note (_claim_panel)
+    assert sum(t.get_text() == "not\nmeasured" for t in fps.texts) == 4
 
 
 def _data(smoke: bool = False) -> PlotData:

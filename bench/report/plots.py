@@ -156,7 +156,8 @@ def _figure(n_panels: int, layout: Layout, view: PlotData, what: str) -> tuple["
     inner_w = cols * aw + (cols - 1) * gw
     width = max(layout.left + inner_w + layout.right, MIN_WIDTH)
     left = (width - inner_w) / 2 if width == MIN_WIDTH else layout.left
-    title = _wrap(_heading(view, what), width)
+    weight = "bold" if view.smoke else "normal"
+    title = _wrap(_heading(view, what), width, weight)
     top = 0.2 + 0.2 * (title.count("\n") + 1) + 0.3      # the title's lines and the panels' own titles
     height = top + rows * ah + (rows - 1) * gh + layout.bottom
     fig = Figure(figsize=(width, height))
@@ -164,7 +165,7 @@ def _figure(n_panels: int, layout: Layout, view: PlotData, what: str) -> tuple["
                             bottom=layout.bottom / height, top=1 - top / height, wspace=gw / aw, hspace=gh / ah)
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n_panels)]
     fig.suptitle(title, y=1 - 0.12 / height, va="top", color=SMOKE_COLOUR if view.smoke else "black",
-                 fontsize=TITLE_SIZE, fontweight="bold" if view.smoke else "normal")
+                 fontsize=TITLE_SIZE, fontweight=weight)
     return fig, axes
 
 
@@ -173,14 +174,14 @@ def _heading(view: PlotData, what: str) -> str:
     return f"{SMOKE_BANNER}\n{title}" if view.smoke else title
 
 
-def _wrap(text: str, width: float) -> str:
+def _wrap(text: str, width: float, weight: str = "normal") -> str:
     """``text`` broken at spaces into lines that fit a figure ``width`` inches wide at the title's size (a
     longer line is cut off at both sides). The widths are estimates (:func:`_text_width`)."""
     out = []
     for line in text.split("\n"):
         cur = ""
         for word in line.split(" "):
-            if cur and _text_width(f"{cur} {word}", TITLE_SIZE) > width - 0.3:
+            if cur and _text_width(f"{cur} {word}", TITLE_SIZE, weight) > width - 0.3:
                 out.append(cur)
                 cur = word
             else:
@@ -189,33 +190,33 @@ def _wrap(text: str, width: float) -> str:
     return "\n".join(out)
 
 
-_ADVANCES: dict[str, float] = {}   # character -> its advance width in em, read from the font once a process
+_ADVANCES: dict[tuple[str, str], float] = {}   # (character, weight) -> its advance in em, read once a process
 
 
-def _advance(c: str) -> float:
+def _advance(c: str, weight: str = "normal") -> float:
     """The advance width, in em, of ``c`` in the font matplotlib draws with (its default family's first font,
-    DejaVu Sans); 0.6 em where the font cannot say."""
-    got = _ADVANCES.get(c)
+    DejaVu Sans, or its bold); 0.6 em where the font cannot say."""
+    got = _ADVANCES.get((c, weight))
     if got is None:
         try:
             from matplotlib import font_manager, ft2font
 
-            font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+            font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties(weight=weight)))
             font.set_size(100, 72)
             flags = getattr(ft2font, "LoadFlags", None)
             glyph = font.load_char(ord(c), flags=flags.NO_HINTING if flags else ft2font.LOAD_NO_HINTING)
             got = glyph.linearHoriAdvance / 65536 / 100
         except Exception:  # noqa: BLE001 - a font or a character matplotlib cannot load: an average width
             got = 0.6
-        _ADVANCES[c] = got
+        _ADVANCES[(c, weight)] = got
     return got
 
 
-def _text_width(text: str, size: float) -> float:
+def _text_width(text: str, size: float, weight: str = "normal") -> float:
     """Inches ``text`` takes at ``size`` points: the sum of its characters' advance widths (no kerning), where
     bench places text without having matplotlib measure it (its measuring every text is what made matplotlib's
     ticks and legends costly)."""
-    return sum(_advance(c) for c in text) * size / 72
+    return sum(_advance(c, weight) for c in text) * size / 72
 
 
 def _tick_labels(locs: list[float]) -> list[str]:
@@ -541,6 +542,9 @@ def _claim_panel(ax: "Axes", claims: list[PlotClaim], key: str) -> list[Box]:
     for i in missing:  # say so rather than draw a zero-height bar that reads as "no effect"
         _label(ax, "not\nmeasured", (i + width / 2, 0), 0, 3, ha="center", fontsize=6, color=MEASURED_COLOUR)
     ax.axhline(0, color="black", lw=0.6)
+    if missing:   # room above zero for the "not measured" text (bars below zero alone end the axis at zero)
+        ylo, yhi = ax.get_ylim()
+        ax.set_ylim(ylo, max(yhi, 0.15 * (yhi - ylo)))
     ax.set_xlabel("row # (claims table)")
     m = METRICS[key]
     ax.set_title(f"Δ {m.label} ({m.unit}) vs baseline", y=TITLE_Y)
