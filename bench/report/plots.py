@@ -356,6 +356,26 @@ LEGEND_EM = {"inset": 0.9, "sample": 2.0, "sample_height": 0.7, "gap": 0.8, "pit
              "ascent": 0.76, "descent": 0.24}
 
 
+def _legend_columns(keys: Sequence[Key], size: float, ncol: int) -> tuple[list[Sequence[Key]], list[float], int]:
+    """The legend's columns (filled top to bottom), each one's width in em (sample, gap, its widest text) and
+    the number of rows."""
+    em = LEGEND_EM
+    rows = -(-len(keys) // ncol)
+    columns = [col for col in (keys[i * rows:(i + 1) * rows] for i in range(ncol)) if col]
+    widths = [em["sample"] + em["gap"] + max(_text_width(k.label, size) * 72 / size for k in col) for col in columns]
+    return columns, widths, rows
+
+
+def _legend_size(keys: Sequence[Key], size: float, ncol: int = 1) -> tuple[float, float]:
+    """Inches the legend takes from its corner of the axes (its inset included): what :func:`_free_corner`
+    keeps clear."""
+    em = LEGEND_EM
+    _, widths, rows = _legend_columns(keys, size, ncol)
+    width = em["inset"] + sum(widths) + em["columns"] * (len(widths) - 1)
+    height = em["inset"] + em["ascent"] + em["descent"] + em["pitch"] * (rows - 1)
+    return width * size / 72, height * size / 72
+
+
 def _legend(ax: "Axes", keys: Sequence[Key], loc: str, size: float, ncol: int = 1) -> None:
     """What ``ax.legend(handles, loc=loc, fontsize=size, ncol=ncol, frameon=False)`` draws (the entries filled
     top to bottom, column by column), laid out by bench with matplotlib's metrics (``LEGEND_EM``): matplotlib's
@@ -370,9 +390,7 @@ def _legend(ax: "Axes", keys: Sequence[Key], loc: str, size: float, ncol: int = 
     pos = ax.get_position()
     sx = size / (pos.width * ax.figure.get_figwidth() * 72)    # one em as a fraction of the axes' width
     sy = size / (pos.height * ax.figure.get_figheight() * 72)
-    rows = -(-len(keys) // ncol)
-    columns = [col for col in (keys[i * rows:(i + 1) * rows] for i in range(ncol)) if col]
-    widths = [em["sample"] + em["gap"] + max(_text_width(k.label, size) * 72 / size for k in col) for col in columns]
+    columns, widths, rows = _legend_columns(keys, size, ncol)
     total = sum(widths) + em["columns"] * (len(widths) - 1)
     x = em["inset"] * sx if "left" in loc else 1 - (em["inset"] + total) * sx
     if "upper" in loc:
@@ -495,24 +513,24 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     ax.scatter([p[0] for _, p in pubs], [p[1] for _, p in pubs], s=30, color=PUBLISHED_COLOUR, zorder=3)
     ax.scatter([m[0] for _, m in meas], [m[1] for _, m in meas], s=30, facecolors="none",
                edgecolors=MEASURED_COLOUR, zorder=3)
-    labels = []   # (x, y, characters) of each point's text, for the legend's corner
+    labels = []   # (x, y, text) of each point's label, for the legend's corner
     for rv, p in pubs:
         _label(ax, _short(rv.label, 24), p, 5, 3, fontsize=7)
-        labels.append((*p, len(_short(rv.label, 24))))
+        labels.append((*p, _short(rv.label, 24)))
     for rv, m in meas:
         _label(ax, str(rv.position), m, 5, -9, fontsize=7, color=MEASURED_COLOUR)
-        labels.append((*m, len(str(rv.position))))
+        labels.append((*m, str(rv.position)))
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
     x0, x1 = ax.get_xlim()
     per_inch = (x1 - x0) / (ax.get_position().width * fig.get_figwidth())
-    # a point and its text, ~0.055 in a character at 7 pt
-    marks = [(x, x + per_inch * (0.07 + 0.055 * n), y, y) for x, y, n in labels]
-    _legend(ax, [_key("published", "marker", marker="o", markersize=30 ** 0.5, color=PUBLISHED_COLOUR,
-                      markeredgewidth=SCATTER_EDGE),
-                 _key("measured (row #)", "marker", marker="o", markersize=30 ** 0.5, markerfacecolor="none",
-                      markeredgecolor=MEASURED_COLOUR, markeredgewidth=SCATTER_EDGE)],
-            _free_corner(ax, marks, (1.35, 0.4)), 7)
+    # a point and its label, 5 points to its right
+    marks = [(x, x + per_inch * (0.07 + _text_width(text, 7)), y, y) for x, y, text in labels]
+    entries = [_key("published", "marker", marker="o", markersize=30 ** 0.5, color=PUBLISHED_COLOUR,
+                    markeredgewidth=SCATTER_EDGE),
+               _key("measured (row #)", "marker", marker="o", markersize=30 ** 0.5, markerfacecolor="none",
+                    markeredgecolor=MEASURED_COLOUR, markeredgewidth=SCATTER_EDGE)]
+    _legend(ax, entries, _free_corner(ax, marks, _legend_size(entries, 7)), 7)
     ax.set_xlabel(f"{METRICS[speed].label} ({METRICS[speed].unit})")
     ax.set_ylabel(f"{METRICS[accuracy].label} ({METRICS[accuracy].unit})")
     _ticks(ax, grid=True)
@@ -574,9 +592,9 @@ def ablation_deltas(view: PlotData) -> Optional["Figure"]:
     fig, axes = _figure(len(keys), layout, view,
                         "ablation Δ against the baseline (error bar: the measured Δ's interval)")
     marks = [_claim_panel(ax, claims, key) for ax, key in zip(axes, keys, strict=True)]
-    _legend(axes[0], [_key("paper Δ", "patch", color=PUBLISHED_COLOUR, linewidth=0),
-                      _key("measured Δ", "patch", color=MEASURED_COLOUR, linewidth=0)],
-            _free_corner(axes[0], marks[0], (1.0, 0.4)), 7)
+    entries = [_key("paper Δ", "patch", color=PUBLISHED_COLOUR, linewidth=0),
+               _key("measured Δ", "patch", color=MEASURED_COLOUR, linewidth=0)]
+    _legend(axes[0], entries, _free_corner(axes[0], marks[0], _legend_size(entries, 7)), 7)
     return fig
 
 
