@@ -190,3 +190,37 @@ def test_legend_is_where_matplotlibs_was(loc, ncol):
     assert [t.get_text() for t in mine] == [k.label for k in keys]
     for want, got in zip(legend.get_texts(), mine, strict=True):
         assert corner_relative(ours, got) == pytest.approx(corner_relative(theirs, want), abs=0.5), got.get_text()
+
+
+def test_speed_labels_do_not_cover_each_other():
+    """A crowded speed-accuracy figure (ten rows within 0.1 FPS and 0.3 AP, two far off, like sbr-cnn Table 7): every
+    measured point keeps its row number; each published label drawn lies inside the panel and overlaps no other
+    label (a label with no free place is left out: the caption says so); most still find a place."""
+    import io
+
+    from matplotlib.backends.backend_svg import RendererSVG
+
+    def cells(ap: float, fps: float) -> dict:
+        return {"mask_AP": PlotCell(ap, ap + 0.05), "fps": PlotCell(fps, fps + 0.04)}
+
+    rows = tuple(PlotRow(i, f"R^3-CNN variant {i} (H=2)", cells(38.0 + 0.03 * i, 0.8 + 0.02 * (i % 4)))
+                 for i in range(1, 11))
+    rows += (PlotRow(11, "R^3-CNN far, slow", cells(36.9, 3.3)), PlotRow(12, "R^3-CNN far, best", cells(39.5, 1.2)))
+    data = PlotData("paper-x", "7", False, ("mask_AP", "fps"), {"mask_AP": Tolerance(0.5, False, "default"),
+                                                               "fps": Tolerance(0.02, True, "default")}, rows, ())
+    fig = plots.speed_accuracy(data)
+    ax = fig.axes[0]
+    fig.set_dpi(72)
+    renderer = RendererSVG(*fig.get_size_inches() * 72, io.StringIO())
+    fig.draw(renderer)
+    numbers = [t for t in ax.texts if t.get_color() == plots.MEASURED_COLOUR and t.get_text().isdigit()]
+    assert sorted(int(t.get_text()) for t in numbers) == list(range(1, 13))
+    labels = [t for t in ax.texts if t.get_text().startswith("R^3-CNN")]
+    assert 4 <= len(labels) < 12       # some had no free place; the far ones and a few in the crowd did
+    frame = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 + 0.5 and box.y1 <= frame.y1 + 0.5
+        for other in boxes[i + 1:] + [t.get_window_extent(renderer) for t in numbers]:
+            overlap = min(box.x1, other.x1) - max(box.x0, other.x0), min(box.y1, other.y1) - max(box.y0, other.y0)
+            assert min(overlap) <= 0.5, (labels[i].get_text(), overlap)

@@ -513,19 +513,33 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
     ax.scatter([p[0] for _, p in pubs], [p[1] for _, p in pubs], s=30, color=PUBLISHED_COLOUR, zorder=3)
     ax.scatter([m[0] for _, m in meas], [m[1] for _, m in meas], s=30, facecolors="none",
                edgecolors=MEASURED_COLOUR, zorder=3)
-    labels = []   # (x, y, text) of each point's label, for the legend's corner
-    for rv, p in pubs:
-        _label(ax, _short(rv.label, 24), p, 5, 3, fontsize=7)
-        labels.append((*p, _short(rv.label, 24)))
-    for rv, m in meas:
-        _label(ax, str(rv.position), m, 5, -9, fontsize=7, color=MEASURED_COLOUR)
-        labels.append((*m, str(rv.position)))
     lo, hi = ax.get_xlim()
     ax.set_xlim(lo, hi + 0.3 * (hi - lo))  # room for the labels right of the points
-    x0, x1 = ax.get_xlim()
-    per_inch = (x1 - x0) / (ax.get_position().width * fig.get_figwidth())
-    # a point and its label, 5 points to its right
-    marks = [(x, x + per_inch * (0.07 + _text_width(text, 7)), y, y) for x, y, text in labels]
+    ax.set_ylim(ax.get_ylim())
+    # every measured point's row number (below right of it); a published point's row label above right of it,
+    # higher, or above left: the first place inside the panel that overlaps no label placed before; none if no
+    # place does (its row is still told by the dotted line to its measured point and that point's number)
+    candidates = [(m, str(rv.position), [(5, -9)], {"color": MEASURED_COLOUR}) for rv, m in meas]
+    candidates += [(p, _short(rv.label, 24), [(5, 3), (5, 11), (-5, 3)], {}) for rv, p in pubs]
+    placed: list[Box] = []   # in inches from the axes' lower left corner
+    marks = []               # what _free_corner keeps the legend off: each label drawn, in data coordinates
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    pos = ax.get_position()
+    width, height = pos.width * fig.get_figwidth(), pos.height * fig.get_figheight()   # the panel, in inches
+    per_x, per_y = (x1 - x0) / width, (y1 - y0) / height     # data units an inch
+    for (x, y), text, places, style in candidates:
+        wide = _text_width(text, 7)
+        for dx, dy in places:
+            at, base = (x - x0) / per_x + dx / 72, (y - y0) / per_y + dy / 72   # the text's anchor, its baseline
+            box = (at if dx > 0 else at - wide, at + wide if dx > 0 else at,
+                   base - LEGEND_EM["descent"] * 7 / 72, base + LEGEND_EM["ascent"] * 7 / 72)
+            inside = box[0] >= 0 and box[1] <= width and box[3] <= height
+            if len(places) == 1 or inside and not any(b[0] < box[1] and box[0] < b[1] and b[2] < box[3]
+                                                      and box[2] < b[3] for b in placed):
+                placed.append(box)
+                _label(ax, text, (x, y), dx, dy, fontsize=7, ha="left" if dx > 0 else "right", **style)
+                marks.append((x0 + box[0] * per_x, x0 + box[1] * per_x, y, y))
+                break
     entries = [_key("published", "marker", marker="o", markersize=30 ** 0.5, color=PUBLISHED_COLOUR,
                     markeredgewidth=SCATTER_EDGE),
                _key("measured (row #)", "marker", marker="o", markersize=30 ** 0.5, markerfacecolor="none",
@@ -605,7 +619,8 @@ FIGURES: dict[str, tuple[str, str, Callable[[PlotData], Optional["Figure"]]]] = 
                               "share a panel; the shaded band is the column's tolerance (its width in the panel's title).",
                               published_vs_measured),
     "speed-accuracy": ("Speed vs accuracy",
-                       "Filled: published; hollow: measured (row #); dotted lines join a row's two points.",
+                       "Filled: published; hollow: measured (row #); dotted lines join a row's two points. A "
+                       "published point's label is left out where it would cover another label.",
                        speed_accuracy),
     "ablation-deltas": ("Ablation deltas",
                         "Per claim row, the paper's difference to its baseline and the measured one, for the "
