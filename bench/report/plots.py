@@ -348,32 +348,32 @@ def _key(label: str, kind: str, **style) -> Key:
     return Key(label, kind, tuple(style.items()))
 
 
+#: a line of text as matplotlib lays it out, in em: its baseline 0.76 below the line's top, 0.24 above its bottom
+ASCENT, DESCENT = 0.76, 0.24
 #: matplotlib's legend layout (its rcParams' defaults), in em of the legend's font: the inset from the axes'
-#: edges (borderaxespad + borderpad), the sample's length, the gap to the text, the row pitch (a line of text
-#: and labelspacing), the gap between columns; a baseline lies 0.76 em below the top of its row, 0.24 above
-#: its bottom, a sample in the row's middle
-LEGEND_EM = {"inset": 0.9, "sample": 2.0, "sample_height": 0.7, "gap": 0.8, "pitch": 1.5, "columns": 2.0,
-             "ascent": 0.76, "descent": 0.24}
+#: edges (borderaxespad + borderpad), the sample's length and height, the gap to the text, the row pitch (a line
+#: of text and labelspacing), the gap between columns; a sample sits in the middle of its row
+LEGEND_EM = {"inset": 0.9, "sample": 2.0, "sample_height": 0.7, "gap": 0.8, "pitch": 1.5, "columns": 2.0}
 
 
-def _legend_columns(keys: Sequence[Key], size: float, ncol: int) -> tuple[list[Sequence[Key]], list[float], int]:
-    """The legend's columns (filled top to bottom), each one's width in em (sample, gap, its widest text) and
-    the number of rows."""
+def _legend_columns(keys: Sequence[Key], size: float,
+                    ncol: int) -> tuple[list[Sequence[Key]], list[float], int, float]:
+    """The legend's columns (filled top to bottom), each one's width in em (sample, gap, its widest text), the
+    number of rows and the whole width in em (the columns and the gaps between them)."""
     em = LEGEND_EM
     rows = -(-len(keys) // ncol)
     columns = [col for col in (keys[i * rows:(i + 1) * rows] for i in range(ncol)) if col]
     widths = [em["sample"] + em["gap"] + max(_text_width(k.label, size) * 72 / size for k in col) for col in columns]
-    return columns, widths, rows
+    return columns, widths, rows, sum(widths) + em["columns"] * (len(widths) - 1)
 
 
 def _legend_size(keys: Sequence[Key], size: float, ncol: int = 1) -> tuple[float, float]:
     """Inches the legend takes from its corner of the axes (its inset included): what :func:`_free_corner`
     keeps clear."""
     em = LEGEND_EM
-    _, widths, rows = _legend_columns(keys, size, ncol)
-    width = em["inset"] + sum(widths) + em["columns"] * (len(widths) - 1)
-    height = em["inset"] + em["ascent"] + em["descent"] + em["pitch"] * (rows - 1)
-    return width * size / 72, height * size / 72
+    *_, rows, total = _legend_columns(keys, size, ncol)
+    height = em["inset"] + ASCENT + DESCENT + em["pitch"] * (rows - 1)
+    return (em["inset"] + total) * size / 72, height * size / 72
 
 
 def _legend(ax: "Axes", keys: Sequence[Key], loc: str, size: float, ncol: int = 1) -> None:
@@ -390,18 +390,17 @@ def _legend(ax: "Axes", keys: Sequence[Key], loc: str, size: float, ncol: int = 
     pos = ax.get_position()
     sx = size / (pos.width * ax.figure.get_figwidth() * 72)    # one em as a fraction of the axes' width
     sy = size / (pos.height * ax.figure.get_figheight() * 72)
-    columns, widths, rows = _legend_columns(keys, size, ncol)
-    total = sum(widths) + em["columns"] * (len(widths) - 1)
+    columns, widths, rows, total = _legend_columns(keys, size, ncol)
     x = em["inset"] * sx if "left" in loc else 1 - (em["inset"] + total) * sx
     if "upper" in loc:
-        first = 1 - (em["inset"] + em["ascent"]) * sy
+        first = 1 - (em["inset"] + ASCENT) * sy
     else:
-        first = (em["inset"] + em["descent"] + em["pitch"] * (rows - 1)) * sy
+        first = (em["inset"] + DESCENT + em["pitch"] * (rows - 1)) * sy
     common = {"transform": ax.transAxes, "clip_on": False, "zorder": 5}   # above the data, as matplotlib's legend
     for col, width in zip(columns, widths):
         for r, key in enumerate(col):
             base = first - em["pitch"] * r * sy
-            mid = base + (em["ascent"] - 0.5) * sy
+            mid = base + (ASCENT - 0.5) * sy
             style = dict(key.style)
             if key.kind == "patch":
                 ax.add_patch(Rectangle((x, mid - em["sample_height"] / 2 * sy), em["sample"] * sx,
@@ -466,7 +465,7 @@ def _identity_panel(ax: "Axes", view: PlotData, keys: list[str], pairs: dict[str
     ax.set_title(title + band, y=TITLE_Y)
     ax.set_xlabel("published")
     ax.set_ylabel("measured")
-    if first or len(keys) > 1:   # (a legend is a fifth of a figure's drawing)
+    if first or len(keys) > 1:   # the others would repeat the first panel's
         _legend(ax, legend, "upper left", 6.5, ncol=2 if len(keys) > 4 else 1)
 
 
@@ -532,7 +531,7 @@ def speed_accuracy(view: PlotData) -> Optional["Figure"]:
         for dx, dy in places:
             at, base = (x - x0) / per_x + dx / 72, (y - y0) / per_y + dy / 72   # the text's anchor, its baseline
             box = (at if dx > 0 else at - wide, at + wide if dx > 0 else at,
-                   base - LEGEND_EM["descent"] * 7 / 72, base + LEGEND_EM["ascent"] * 7 / 72)
+                   base - DESCENT * 7 / 72, base + ASCENT * 7 / 72)
             inside = box[0] >= 0 and box[1] <= width and box[3] <= height
             if len(places) == 1 or inside and not any(b[0] < box[1] and box[0] < b[1] and b[2] < box[3]
                                                       and box[2] < b[3] for b in placed):
