@@ -664,41 +664,74 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
 
 
 @main.command("weights")
-@click.argument("tables", nargs=-1, required=True)
+@click.argument("tables", nargs=-1)
 @click.option("--weights-dir", "weights_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding checkpoints by file name (repeatable; then $BENCH_WEIGHTS, torch's hub cache).")
 @click.option("--missing", is_flag=True, help="List only the checkpoints not found here.")
+@click.option("--check", is_flag=True,
+              help="Compare each checkpoint file found (TABLES' files, or every file in the weights folders) with "
+                   "its shipped key layout; exit 1 if one differs.")
+@click.option("--record-layout", "record", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Write the key layout of this real checkpoint file (repeatable), replacing the shipped one; "
+                   "says how it differs from it.")
+@click.option("--layout-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where layouts are read and written (default: bench/data/checkpoint_layouts/).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def weights_cmd(ctx, tables, weights_dirs, missing, as_json) -> None:
+def weights_cmd(ctx, tables, weights_dirs, missing, check, record, layout_dir, as_json) -> None:
     """The pretrained checkpoints TABLES' paper-scale configs load: URL, file name, and where it is here
-    or where to put it (fetch them on a machine with internet; compute nodes are usually offline)."""
-    from bench.recipes import RecipeError
-    from bench.resolve import row_config, row_status
-    from bench.vocab import RowStatus
-    from bench.weights import localize
+    or where to put it (fetch them on a machine with internet; compute nodes are usually offline), and
+    whether bench ships the file's key layout (what fabricated test files and `--check` compare with).
 
-    entries: dict[str, dict] = {}
-    for name in tables:
-        _, t = _load(ctx, name)
-        for r in t.rows:
+    \b
+    Examples:
+      bench weights amf-sparseinst/table-10 --missing
+      bench weights --check amf-sparseinst/table-4 --weights-dir /data/weights
+      bench weights --record-layout /data/weights/resnet50-0676ba61.pth
+    """
+    from bench.data.checkpoints import LAYOUTS_DIR, LayoutError, check_file, load_layout
+    from bench.weights import search_dirs
+    from bench.zoo import table_weights
+
+    root = layout_dir or LAYOUTS_DIR
+    if record:
+        _record_layouts(record, root, as_json)
+        return
+    if not tables and not check:
+        raise BenchError("name TABLES (or use --check / --record-layout FILE)")
+    entries = table_weights([_load(ctx, n)[1] for n in tables], list(weights_dirs) or None,
+                            on_error=lambda t, r, m: click.echo(f"{t} row {r!r}: cannot resolve its config: {m}", err=True))
+    for e in entries:
+        try:
+            lay = load_layout(e["file_name"], root)
+        except LayoutError as err:
+            raise BenchError(str(err)) from None
+        e["layout"] = (f"{lay['provenance'].get('source')}: {lay['provenance'].get('library', '')} "
+                       f"{lay['provenance'].get('version', '')}".strip() if lay else None)
+    if check:
+        files = [Path(e["found"]) for e in entries if e["found"]] if tables else sorted(
+            {p.resolve() for d in (list(weights_dirs) or search_dirs()) if d.is_dir() for p in d.iterdir()
+             if p.is_file() and p.suffix in (".pth", ".pt", ".pkl", ".bin")})
+        out = []
+        for f in files:
             try:
-                if row_status(r)[0] is not RowStatus.RUNNABLE or r.model.config is None:
-                    continue
-                cfg = row_config(r.model).to_dict()
-            except (RecipeError, Exception) as e:  # noqa: BLE001 - a row that does not resolve is named, not fatal
-                click.echo(f"{t.name} row {r.id!r}: cannot resolve its config: {str(e).splitlines()[-1]}", err=True)
-                continue
-            for w in localize(cfg, list(weights_dirs), rewrite=False):
-                e = entries.setdefault(w.file_name, w.as_dict() | {"rows": [], "kind": "pretrained"})
-                e["rows"].append(f"{t.name}/{r.id}")
-            link = _zoo_link(r)
-            if link is not None:   # what `bench eval --checkpoint zoo` evaluates
-                from bench.weights import released_ref
-
-                e = entries.setdefault(link.model.file_name, released_ref(link, list(weights_dirs)) | {"rows": []})
-                e["rows"].append(f"{t.name}/{r.id}")
-    items = [e for e in entries.values() if not (missing and e["found"])]
+                state, diffs = check_file(f, root)
+            except Exception as err:  # noqa: BLE001 - an unreadable file is named, not a crash
+                state, diffs = "unreadable", [f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"]
+            out.append({"file": str(f), "state": state, "differences": diffs})
+        out += [{"file": e["file_name"], "state": "missing", "differences": [f"put it at {e['put_at']}"]}
+                for e in entries if not e["found"]]
+        if as_json:
+            click.echo(json.dumps(out, indent=2))
+        else:
+            for o in out:
+                click.echo(f"{o['state']:10s} {o['file']}" + "".join(f"\n           {d}" for d in o["differences"]))
+            click.echo(f"{len(out)} file(s): " + ", ".join(f"{sum(o['state'] == s for o in out)} {s}"
+                                                         for s in dict.fromkeys(o["state"] for o in out)))
+        if any(o["state"] in ("differs", "unreadable") for o in out):
+            sys.exit(1)
+        return
+    items = [e for e in entries if not (missing and e["found"])]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -707,10 +740,40 @@ def weights_cmd(ctx, tables, weights_dirs, missing, as_json) -> None:
         kind = ("released checkpoint (mmdet model zoo, for `bench eval --checkpoint zoo`): " + e["where"]
                 if e.get("kind") == "released checkpoint" else "")
         click.echo(f"{e['file_name']}\n  {e['url'] or e['ref']}\n  {where}\n" + (f"  {kind}\n" if kind else "")
+                   + f"  key layout: {e['layout'] or 'none shipped (bench weights --record-layout FILE)'}\n"
                    + f"  used by {len(e['rows'])} row(s): " + ", ".join(e["rows"][:6])
                    + (" ..." if len(e["rows"]) > 6 else ""))
-    n_missing = sum(not e["found"] for e in entries.values())
+    n_missing = sum(not e["found"] for e in entries)
     click.echo(f"{len(entries)} checkpoint file(s), {n_missing} missing")
+
+
+def _record_layouts(files, root: Path, as_json: bool) -> None:
+    """``bench weights --record-layout``: each real file's layout written over the shipped one, with what changed."""
+    from bench.data.checkpoints import LayoutError, compare, load_layout, record_layout, write_layout
+
+    out = []
+    for f in files:
+        try:
+            old = load_layout(f.name, root)
+        except LayoutError:
+            old = None
+        try:
+            lay = record_layout(f, url=(old or {}).get("url"))
+        except Exception as err:  # noqa: BLE001 - named, and nothing is written for it
+            raise BenchError(f"{f}: cannot read it as a checkpoint: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        diffs = compare(old, lay["container"], lay["tensors"]) if old else []
+        path = write_layout(lay, root)
+        out.append({"file": str(f), "layout": str(path), "tensors": len(lay["tensors"]),
+                    "replaced": old["provenance"] if old else None, "differences_from_replaced": diffs})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for o in out:
+        click.echo(f"{o['layout']}: {o['tensors']} tensors from {o['file']}"
+                   + ("" if o["replaced"] is None else
+                      " (the shipped layout agreed)" if not o["differences_from_replaced"] else
+                      " (the shipped layout differed: " + "; ".join(o["differences_from_replaced"]) + ")"))
 
 
 def _run_with_progress(runs, cluster: str, max_parallel: int | None):

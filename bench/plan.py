@@ -23,6 +23,7 @@ from bench.cost import CostModel
 from bench.data.datasets import LAYOUTS, check_root
 from bench.recipes import Row, Table
 from bench.resolve import canonical_hash, iter_types, model_code_fingerprint, resolved_dict, row_status
+from bench.weights import PRETRAINED_INITS
 from bench.results import ResultReadError, read_result, result_path, run_dir
 from bench.vocab import RowStatus
 
@@ -142,7 +143,7 @@ def _set_num_classes(model: dict, n: int) -> None:
 def _strip_pretrained(model: dict) -> None:
     def fix(d: dict) -> None:
         ic = d.get("init_cfg")
-        if isinstance(ic, dict) and ic.get("type") == "Pretrained":
+        if isinstance(ic, dict) and ic.get("type") in PRETRAINED_INITS:
             d["init_cfg"] = None
         if isinstance(d.get("pretrained"), str):
             d["pretrained"] = None
@@ -380,6 +381,7 @@ class RunSpec:
     reuse_training_after: Optional[float] = None  # evaluate a finished training (trained_pointer) newer than
                                                   # this time (epoch s; 0: any) instead of training; None: train
     weights: list = field(default_factory=list)   # paper scale: the checkpoints the config loads (bench.weights)
+    declared_new: list = field(default_factory=list)  # the rows' model.declared_new ({keys, why}): preflight's judge
     evaluator: str = "pycocotools"     # COCO evaluator of the job (bench.evaluators); not in the run key: only one
                                        # verified identical to pycocotools on the cross-check may serve a job
 
@@ -674,6 +676,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             if key in runs:
                 pr.action = "shared"
                 runs[key].targets.append(target)
+                runs[key].declared_new += [d.model_dump() for d in row.model.declared_new
+                                           if d.model_dump() not in runs[key].declared_new]
                 continue
             done_run = run_dir(results_root, scale.name, key) / "result.json"
             if not force and _run_done(done_run):
@@ -691,7 +695,8 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 gpus=facts["gpus"], lr=facts["lr"], lr_scaled_from=facts["lr_scaled_from"], overlay=overlay,
                 versions=code, config_hash=config_hash, input_size=scale.input_size,
                 data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None),
-                train_key=train_key, weights=facts.get("weights", []), evaluator=evaluator)
+                train_key=train_key, weights=facts.get("weights", []), evaluator=evaluator,
+                declared_new=[d.model_dump() for d in row.model.declared_new])
             trained = trained_pointer(runs[key].work_dir, train_key)
             first = next((r for r in runs.values() if r.train_key == train_key and r.run_key != key), None)
             if first is not None:  # the first run of the group trains (again, with --force); this one waits for it

@@ -10,8 +10,10 @@ weights) and, in this process (no distributed launcher):
    instances with a non-empty mask (for a row that reports a mask number). No trainable instance,
    or an evaluation split without annotations, fails the run;
 2. weights: every checkpoint the config loads must be a local file (``bench.weights``), is loaded
-   into the model the way mmengine's initialisation loads it, and its keys are checked against
-   the module it is loaded into: a checkpoint that loads nothing fails;
+   into the model the way mmengine's initialisation loads it, and judged against the module it is
+   loaded into (``bench.loadcheck``): every parameter and running statistic of that module must be
+   filled with its own shape unless declared new (a DCN offset branch, a model's ``pretrained_parts``,
+   the recipe's ``model.declared_new``), and no key of the file may go unused but a classifier head;
 3. training: N iterations (data loading, forward, backward, optimizer step) at the paper's input
    size and per-GPU batch, on the CPU or the local GPU; every loss must be finite and gradients
    must reach the trainable parameters;
@@ -177,26 +179,32 @@ def count_instances(ds, pipeline: list, mask_row: bool, limit: int = COUNT_IMAGE
 
 # ------------------------------------------------------------------------------------- weights
 class _LoadRecorder:
-    """Records, during ``model.init_weights()``, which checkpoint file was read and what each state dict
-    loaded into a module held against what the module has. Files are seen through mmengine's
-    ``CheckpointLoader.load_checkpoint`` (every scheme and mmengine's own initialisers read through it);
-    loads through mmengine's ``load_state_dict`` (Pretrained inits, load_checkpoint) and through
-    ``nn.Module.load_state_dict`` (a module's own loader, e.g. ISDA's partial COCO load)."""
+    """Records, during ``model.init_weights()``, which checkpoint file was read and judges what each state dict
+    loaded into a module against what the module has (``bench.loadcheck.judge``). Files are seen through
+    mmengine's ``CheckpointLoader.load_checkpoint`` (every scheme and mmengine's own initialisers read through
+    it); loads through mmengine's ``load_state_dict`` (Pretrained inits, load_checkpoint) and through
+    ``nn.Module.load_state_dict`` (a module's own loader, e.g. ISDA's partial COCO load). ``declared``:
+    the recipe's (glob, why) declarations of parameters new to the pretrained network."""
 
-    def __init__(self):
+    def __init__(self, model, declared: list[tuple[str, str]] = ()):
         self.calls: list[dict] = []
         self._file: Optional[str] = None
+        self._model = model
+        self._declared = list(declared)
+        self._paths: Optional[dict[int, str]] = None
 
     def _record(self, module, state_dict) -> None:
-        own = module.state_dict()
-        sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-        shape_bad = [k for k in sd if k in own and tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ()))]
-        loaded = [k for k in sd if k in own and k not in shape_bad]
+        from bench.loadcheck import judge, model_declarations
+
+        if self._paths is None:
+            self._paths = {id(m): n for n, m in self._model.named_modules()}
+        path = self._paths.get(id(module), type(module).__name__)
+        params = {n for n, _ in module.named_parameters()}
+        own = {k: (tuple(v.shape), v.numel(), k in params) for k, v in module.state_dict().items()}
+        sd = {k.removeprefix("module."): tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+        verdict = judge(path, own, sd, model_declarations(module, path) + self._declared)
         self.calls.append({"file": self._file, "module": type(module).__name__, "own": len(own),
-                           "file_keys": len(sd), "loaded": len(loaded),
-                           "missing": sorted(k for k in own if k not in sd),
-                           "unexpected": sorted(k for k in sd if k not in own),
-                           "shape_mismatch": sorted(shape_bad)})
+                           "file_keys": len(sd)} | verdict)
 
     def __enter__(self):
         import torch
@@ -265,6 +273,26 @@ def _grad_report(model) -> tuple[int, int, list[str]]:
     got_names = {n for n, _ in got}
     silent = sorted({n.rsplit(".", 1)[0] for n, _ in trainable if n not in got_names})
     return len(got), len(trainable), silent
+
+
+def judge_loads(weights: list[dict], calls: list[dict]) -> None:
+    """Attach to each checkpoint entry its loads and their verdict (``bench.loadcheck.summarise``: the
+    ``loaded_fraction``, ``missing``, ``unexpected``, ``mismatched`` and ``declared_new`` fields), and fail the
+    run on a checkpoint never loaded or one that left a parameter of its target unloaded."""
+    from bench.loadcheck import failure, summarise
+
+    by_file: dict[str, list] = {}
+    for c in calls:
+        by_file.setdefault(c.get("file") or "", []).append(c)
+    for w in weights:
+        w["loads"] = by_file.get(w.get("found") or "", [])
+        w.update(summarise(w["loads"]))
+    unused = [w["ref"] for w in weights if not w["loads"]]
+    if unused:
+        raise PreflightFailure("the config names weights that model.init_weights() never loaded: " + ", ".join(unused))
+    bad = [failure(w["file_name"], w) for w in weights if not w["ok"]]
+    if bad:
+        raise PreflightFailure("; ".join(bad))
 
 
 def run_one(spec: RunSpec, iters: int = 2, device: str = "cpu", eval_images: int = EVAL_IMAGES,
@@ -392,26 +420,10 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
         rec.mem_kind = "torch.cuda.max_memory_allocated"
     model = MODELS.build(cfg.model)
     model = revert_sync_batchnorm(model)
-    with _LoadRecorder() as loads:
+    declared = [(d["keys"], d["why"]) for d in getattr(spec, "declared_new", None) or []]
+    with _LoadRecorder(model, declared) as loads:
         model.init_weights()
-    calls = list(loads.calls)
-    by_file: dict[str, list] = {}
-    for c in calls:
-        by_file.setdefault(c.get("file") or "", []).append(c)
-    for w in rec.weights:
-        w["loads"] = by_file.get(w.get("found") or "", [])
-    if rec.weights:
-        unused = [w["ref"] for w in rec.weights if not w["loads"]]
-        if unused:
-            raise PreflightFailure("the config names weights that model.init_weights() never loaded: "
-                                   + ", ".join(unused))
-        for c in calls:
-            if c["loaded"] == 0:
-                raise PreflightFailure(
-                    f"{c.get('file')} loaded nothing into {c['module']} ({c['file_keys']} keys in the file, "
-                    f"{c['own']} in the module): unexpected keys {_short(c['unexpected'])}; "
-                    f"missing keys {_short(c['missing'])}"
-                    + (f"; shape mismatches {_short(c['shape_mismatch'])}" if c["shape_mismatch"] else ""))
+    judge_loads(rec.weights, loads.calls)
     model.to(device)
     rec.device = (f"cuda: {torch.cuda.get_device_name(0)}" if device == "cuda"
                   else f"cpu ({torch.get_num_threads()} threads)")

@@ -64,6 +64,14 @@ class Column(_Strict):
     label: str
 
 
+class DeclaredNew(_Strict):
+    """Parameters a pretrained checkpoint is not expected to fill: a module the paper adds to a pretrained
+    network. ``bench preflight`` fails a load that leaves any other parameter of its target unloaded."""
+
+    keys: str = Field(min_length=1, max_length=200, description="glob over the model's state-dict keys, e.g. 'neck.*'")
+    why: str = Field(min_length=1, max_length=400, description="why the checkpoint has no such weights")
+
+
 class ModelSpec(_Strict):
     """An mmdet config (``config`` + ``overrides``), or a single module for layer-only rows."""
 
@@ -71,6 +79,8 @@ class ModelSpec(_Strict):
     overrides: dict[str, Any] = {}
     module: Optional[dict[str, Any]] = Field(None, description="a single registered module (layer-only rows)")
     input_size: Optional[list[int]] = Field(None, description="(H, W) used for FLOPs/profiling; default from train.input_size")
+    declared_new: list[DeclaredNew] = Field([], description="parameters no pretrained checkpoint of the row fills "
+                                                            "(bench.loadcheck); a DCN offset branch needs none")
 
     @model_validator(mode="after")
     def _one_of(self) -> "ModelSpec":

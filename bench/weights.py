@@ -7,7 +7,8 @@ then torch's hub cache, where mmengine's own downloads land) and the config is r
 file. A checkpoint found nowhere keeps its URL, and ``bench weights`` / ``bench preflight`` say where
 to put it.
 
-References understood: backbone or model ``init_cfg`` of type ``Pretrained`` (``checkpoint``),
+References understood: backbone or model ``init_cfg`` of type ``Pretrained`` or ``ConvertedPretrained``
+(``checkpoint``),
 old-style ``pretrained`` strings, and a config's ``load_from``; URL schemes ``torchvision://`` and
 ``modelzoo://``, ``open-mmlab://`` / ``openmmlab://``, ``mmcls://`` (resolved through the URL tables
 mmengine ships in ``mmengine/hub/``), ``http(s)://`` and plain paths. Nothing here imports torch or
@@ -92,11 +93,15 @@ def search_dirs(weights_dirs: Optional[list[Path]] = None) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
+#: the init_cfg types that load a checkpoint: mmengine's, and bench's with a key conversion (bench/models/pretrained.py)
+PRETRAINED_INITS = ("Pretrained", "ConvertedPretrained")
+
+
 def iter_refs(cfg: dict) -> Iterator[tuple[dict, str, str, Optional[str]]]:
     """(holding dict, key, config path, init_cfg prefix) of every checkpoint reference in a config."""
     def walk(node: Any, path: str):
         if isinstance(node, dict):
-            if node.get("type") == "Pretrained" and isinstance(node.get("checkpoint"), str):
+            if node.get("type") in PRETRAINED_INITS and isinstance(node.get("checkpoint"), str):
                 yield node, "checkpoint", f"{path}.checkpoint", node.get("prefix")
             if isinstance(node.get("pretrained"), str):
                 yield node, "pretrained", f"{path}.pretrained", None
@@ -155,3 +160,4 @@ def released_ref(link, weights_dirs: Optional[list[Path]] = None) -> dict:
                   put_at=None if hit else str(dirs[0] / link.model.file_name),
                   notes=[link.describe()])
     return w.as_dict() | {"kind": "released checkpoint"}
+

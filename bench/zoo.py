@@ -247,3 +247,35 @@ def _half_digit(value: float) -> float:
     text = repr(float(value))
     decimals = 0 if text.endswith(".0") else len(text.split(".")[1])
     return 0.5 * 10 ** (-max(decimals, 1))
+
+
+def table_weights(tables, weights_dirs: Optional[list[Path]] = None, on_error=None) -> list[dict]:
+    """Every checkpoint file the runnable rows of ``tables`` (``bench.recipes.Table``s) load at paper scale,
+    and each zoo row's released checkpoint, once per file name, with the rows that use it (what
+    ``bench weights`` lists). ``on_error(table, row, message)`` hears of a row whose config does not resolve."""
+    from bench.resolve import row_config, row_status
+    from bench.vocab import RowStatus
+    from bench.weights import localize, released_ref
+
+    entries: dict[str, dict] = {}
+    for t in tables:
+        for r in t.rows:
+            try:
+                if row_status(r)[0] is not RowStatus.RUNNABLE or r.model.config is None:
+                    continue
+                cfg = row_config(r.model).to_dict()
+            except Exception as e:  # noqa: BLE001 - a row that does not resolve is named, not fatal
+                if on_error:
+                    on_error(t.name, r.id, str(e).splitlines()[-1] if str(e) else type(e).__name__)
+                continue
+            for w in localize(cfg, weights_dirs, rewrite=False):
+                e = entries.setdefault(w.file_name, w.as_dict() | {"rows": [], "kind": "pretrained"})
+                e["rows"].append(f"{t.name}/{r.id}")
+            try:
+                lk = link(r)
+            except Exception:  # noqa: BLE001 - the zoo link is extra information: never fail a listing for it
+                lk = None
+            if lk is not None:   # what `bench eval --checkpoint zoo` evaluates
+                e = entries.setdefault(lk.model.file_name, released_ref(lk, weights_dirs) | {"rows": []})
+                e["rows"].append(f"{t.name}/{r.id}")
+    return list(entries.values())

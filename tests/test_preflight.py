@@ -174,7 +174,9 @@ def test_weights_file_that_loads_sets_the_parameters(coco_root, tmp_path, weight
     assert rec.status == "ok", rec.reason
     (w,) = rec.weights
     (load,) = w["loads"]
-    assert load["loaded"] == load["own"] == 318 and load["unexpected"] == ["fc.bias", "fc.weight"]
+    # every tensor of the backbone but its 53 num_batches_tracked counters (never judged), fc left over
+    assert load["loaded"] == load["own"] - 53 == 265 and load["missing"] == [] and load["unexpected"] == []
+    assert load["unexpected_head"] == ["backbone.fc.weight", "backbone.fc.bias"] and w["loaded_fraction"] == 1.0
     sd = torch.load(w["found"], map_location="cpu", weights_only=True)
     assert torch.equal(keep["model"].backbone.layer3[2].conv2.weight.detach(), sd["layer3.2.conv2.weight"])
 
@@ -194,8 +196,9 @@ def test_weights_file_whose_keys_do_not_match_is_refused(coco_root, tmp_path, we
     spec = only_run(paper_plan("sbr-cnn/table-2", ["mask-1x"], {"coco": coco_root}, tmp_path / "r", weights=bad_dir))
     rec = run_one(spec, stop_after="weights")
     assert rec.status == "failed"
-    assert "loaded nothing into ResNet" in rec.reason
-    assert "unexpected keys encoder.bn1.bias" in rec.reason and "missing keys bn1.bias" in rec.reason
+    assert "resnet50-0676ba61.pth into backbone loaded nothing" in rec.reason
+    assert "in the file but used nowhere: backbone.encoder.conv1.weight, backbone.encoder.bn1.weight" in rec.reason
+    assert "not loaded: backbone.conv1.weight, backbone.bn1.weight, backbone.bn1.bias" in rec.reason
 
 
 # ------------------------------------------------------------------------------------ training
