@@ -323,8 +323,9 @@ class R3MaskHead(HTCMaskHead):
 
     Eq. 3 writes the first iteration as ``M1(x^t + C_1(0))``: with ``zero_res_first`` (default)
     C_1 is applied to a zero tensor when no previous output is given, i.e. the learned constant
-    ReLU(bias of C_1) is added (HTC's stage-1 head, and the authors' code, skip C_1 instead;
-    ``zero_res_first=False`` reproduces that).
+    ReLU(bias of C_1) is added, as the authors' ``R3MaskHead`` does (``res_feat = zeros_like(x)``,
+    then ``conv_res``).  mmdet's HTC stage-1 head skips C_1 instead; ``zero_res_first=False``
+    reproduces that.
     """
 
     def __init__(self, *args, zero_res_first: bool = True, **kwargs) -> None:

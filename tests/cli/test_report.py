@@ -228,6 +228,20 @@ def test_unknown_published_cell_is_a_question_mark_with_its_note(tmp_path, hosti
     assert 'href="#note-1"' in cell and 'id="note-1"' in html
 
 
+def test_a_test_dev_table_says_its_published_cells_are_test_dev(tmp_path):
+    """isda Table 3 is printed on COCO test-dev (Sec. 4.2) and measured on val2017 (test-dev has no public
+    annotations): the page's table caption says which split each kind of cell is on, and no row note says
+    the row is evaluated on test-dev."""
+    out = tmp_path / "reports"
+    bench("isda/table-3", "--html", "--out", str(out), env={"BENCH_RESULTS": str(tmp_path / "results")})
+    html = (out / "smoke" / "isda" / "table-3.html").read_text()
+    caption = re.search(r"<caption>(.*?)</caption>", html, re.S).group(1)
+    assert "Published cells: COCO test-dev2017" in caption and "measured cells: COCO val2017" in caption
+    table = Catalogue().load("isda/table-3")
+    assert {r.train.eval_split for r in table.rows if r.model} == {"val2017"}
+    assert not [n for r in table.rows for n in r.notes if re.search(r"evaluated on test-dev", n)]
+
+
 # ------------------------------------------------------------------------------------ rules
 def test_claim_verdict_rule():
     """Each verdict word from an interval of the measured Δ against the paper's Δ (here +0.8)."""

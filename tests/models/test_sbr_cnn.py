@@ -440,6 +440,20 @@ def test_tensor_mode_runs_the_mask_iou_branch(miou_model):
     assert masks.shape == (n_masks, 80, 28, 28) and ious.shape == (n_masks, 80)
 
 
+@pytest.mark.parametrize('row_id, pair_b_stds', [
+    ('h2-r3', [0.05, 0.05, 0.1, 0.1]),            # authors' r3_cnn-exp_5-row_6.py (from exp_1-row_5)
+    ('h2-l2c-7x7', [0.05, 0.05, 0.1, 0.1]),       # exp_5-row_7.py
+    ('h2-l2c-rect', [0.1, 0.1, 0.2, 0.2]),        # exp_5-row_6-fcc2_2.py: both heads 0.1 / 0.2
+    ('h2-l2c-7x7-nlb', [0.05, 0.05, 0.1, 0.1]),   # exp_5-row_8.py
+    ('h2-l2c-rect-nlb', [0.05, 0.05, 0.1, 0.1]),  # exp_5-row_9.py
+])
+def test_table6_h2_rows_use_the_authors_box_coder_stds(row_id, pair_b_stds):
+    """Table 6 rows 8-12 (H = 2): pair a's coder stds are [0.1, 0.1, 0.2, 0.2], pair b's those of the authors'
+    config for the row; row 10 (rect L2C) is the one whose config gives pair b pair a's stds."""
+    heads = row_model_cfg('table-6', row_id)['roi_head']['bbox_head']
+    assert [h['bbox_coder']['target_stds'] for h in heads] == [[0.1, 0.1, 0.2, 0.2], pair_b_stds]
+
+
 # ------------------------------------------------------------------------------------------------
 # Ablations: each row differs from its `baseline:` row in the labelled component only
 # ------------------------------------------------------------------------------------------------
@@ -518,21 +532,101 @@ def test_every_ablation_table_is_covered():
     assert tables == {f'table-{n}' for n in range(2, 12)} and len(ABLATIONS) == 61
 
 
+def _resolved(r) -> dict:
+    """A row's resolved config (model config + recipe train spec), flattened."""
+    d = _flat(row_config(r.model).to_dict())
+    d.update(_flat({'train': r.train.model_dump()}))
+    return d
+
+
+def _rows(table: str, row_id: str):
+    rows = {r.id: r for r in load_table(RECIPES / f'{table}.yaml').rows}
+    return rows[row_id], rows[rows[row_id].baseline]
+
+
+def _outside(table: str, row, base, a: dict, b: dict) -> list:
+    """Flattened paths where ``a`` (row) and ``b`` (baseline) differ outside the row's labelled component."""
+    diff = sorted(k for k in set(a) | set(b) if a.get(k, '<absent>') != b.get(k, '<absent>'))
+    assert diff, f'{table}/{row.id} is identical to its baseline {row.baseline}'
+    allowed = _allowed(table, row, base)
+    return [k for k in diff if not any(_under(k, p) for p in allowed)]
+
+
 @pytest.mark.parametrize('table, row_id', ABLATIONS)
 def test_ablation_changes_only_the_labelled_component(table, row_id):
-    t = load_table(RECIPES / f'{table}.yaml')
-    rows = {r.id: r for r in t.rows}
-    row = rows[row_id]
-    base = rows[row.baseline]
+    row, base = _rows(table, row_id)
+    outside = _outside(table, row, base, _resolved(row), _resolved(base))
+    assert not outside, (f'{table}/{row_id} vs {row.baseline}: changes outside '
+                         f'{_allowed(table, row, base)}: {outside[:8]}')
 
-    def resolved(r):
-        d = _flat(row_config(r.model).to_dict())
-        d.update(_flat({'train': r.train.model_dump()}))
-        return d
 
-    a, b = resolved(row), resolved(base)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, '<absent>') != b.get(k, '<absent>'))
-    allowed = _allowed(table, row, base)
-    assert diff, f'{table}/{row_id} is identical to its baseline {row.baseline}'
-    outside = [k for k in diff if not any(_under(k, p) for p in allowed)]
-    assert not outside, f'{table}/{row_id} vs {row.baseline}: changes outside {allowed}: {outside[:8]}'
+# Rows whose baseline is another detector (R3_HEAD: HTC -> R^3-CNN on HTC's config; DETECTOR: Mask R-CNN's
+# config -> HTC's) may change the whole RoI head and its per-stage cfgs. What must still be equal (issue 25):
+# backbone, neck, schedule and data, present in both; the RPN and data preprocessor are the baseline's
+# (R3_HEAD: the same mmdet config) or the named mmdet config's own, untouched by the recipe (DETECTOR: HTC's
+# RPN is mmdet's HTC one, not Mask R-CNN's); the RoI extractors stay HTC's, except in Table 11's SBR-CNN rows,
+# whose GRoIE replaces both (Sec. 4.7: 'with our GRoIE ... in place of both').
+PINNED = ['model.backbone', 'model.neck', 'train', 'optim_wrapper', 'param_scheduler', 'train_cfg', 'val_cfg',
+          'test_cfg', 'auto_scale_lr', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
+          'test_evaluator']
+RPN = ['model.data_preprocessor', 'model.rpn_head', 'model.train_cfg.rpn', 'model.train_cfg.rpn_proposal',
+       'model.test_cfg.rpn']
+EXTRACTORS = ['model.roi_head.bbox_roi_extractor', 'model.roi_head.mask_roi_extractor']
+GROIE_ROWS = {('table-11', 'sbr-cnn'), ('table-11', 'sbr-cnn-gcnet'), ('table-11', 'sbr-cnn-dcn')}
+DETECTOR_SWAPS = [(t, r) for t, r in ABLATIONS
+                  if any(p in _allowed(t, *_rows(t, r)) for p in ('model.roi_head', 'model.type'))]
+
+
+def _part(d: dict, prefix: str) -> dict:
+    return {k: v for k, v in d.items() if _under(k, prefix)}
+
+
+def _pinned_violations(table: str, row, base, a: dict, b: dict) -> list:
+    """What a detector-swap row changes that must stay equal (see PINNED); [] when nothing."""
+    out = []
+    for p in PINNED:
+        if not _part(a, p):
+            out.append(f'{p}: missing')
+        elif _part(a, p) != _part(b, p):
+            out.append(f'{p}: differs from the baseline')
+    if 'model.type' in _allowed(table, row, base):  # another mmdet config: its own RPN, untouched
+        from bench.recipes import ModelSpec
+        own = _flat(row_config(ModelSpec(config=row.model.config)).to_dict())
+        out += [f'{p}: not {row.model.config}\'s own' for p in RPN if _part(a, p) != _part(own, p)]
+    else:
+        out += [f'{p}: differs from the baseline' for p in RPN if _part(a, p) != _part(b, p)]
+    if (table, row.id) not in GROIE_ROWS:
+        out += [f'{p}: differs from the baseline' for p in EXTRACTORS if _part(a, p) != _part(b, p)]
+    return out
+
+
+def test_detector_swap_rows_are_listed():
+    """The rows the pinned-parts guard covers: every row whose labelled change is the detector or its whole
+    RoI head (Tables 2-7 and 11)."""
+    assert len(DETECTOR_SWAPS) == 21
+    assert {t for t, _ in DETECTOR_SWAPS} == {'table-2', 'table-3', 'table-4', 'table-5', 'table-6', 'table-7',
+                                              'table-11'}
+
+
+@pytest.mark.parametrize('table, row_id', DETECTOR_SWAPS)
+def test_detector_swap_rows_keep_backbone_neck_schedule_data_and_rpn(table, row_id):
+    row, base = _rows(table, row_id)
+    assert not _pinned_violations(table, row, base, _resolved(row), _resolved(base))
+
+
+@pytest.mark.parametrize('table, row_id, path, value', [
+    ('table-2', 'r3-naive', 'model.roi_head.bbox_roi_extractor.roi_layer.sampling_ratio', 2),  # R3_HEAD
+    ('table-6', 'h2-r3', 'model.roi_head.mask_roi_extractor.roi_layer.output_size', 7),
+    ('table-3', 'r3-lt1', 'model.test_cfg.rpn.nms.iou_threshold', 0.5),             # DETECTOR: RPN
+    ('table-3', 'r3-lt1', 'model.rpn_head.loss_bbox.loss_weight', 2.0),
+    ('table-3', 'r3-lt1', 'model.data_preprocessor.pad_size_divisor', 64),
+])
+def test_pinned_parts_guard_catches_what_the_component_guard_lets_through(table, row_id, path, value):
+    """A tampered detector-swap row: the labelled-component guard allows the change (it lies under the whole
+    RoI head / train_cfg / test_cfg / rpn_head the swap may change), the pinned-parts guard does not."""
+    row, base = _rows(table, row_id)
+    a, b = _resolved(row), _resolved(base)
+    assert path in a
+    a = dict(a, **{path: value})
+    assert not _outside(table, row, base, a, b)  # the old guard alone: passes
+    assert _pinned_violations(table, row, base, a, b)
