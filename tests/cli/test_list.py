@@ -24,3 +24,17 @@ def test_identical_models_share_a_config_hash(cli):
     full = data["csr-d2s/table-ii"]["csr-d2s"]["config_hash"]
     assert full and full == data["csr-d2s/table-i"]["ours"]["config_hash"]
     assert data["csr-d2s/table-iii"]["csr-128"]["config_hash"] != data["csr-d2s/table-iii"]["csr-1024"]["config_hash"]
+
+
+def test_list_counts_faithful_and_approximate_runnable_rows(cli, fidelity_recipes):
+    out = cli("--recipes", str(fidelity_recipes), "list").output
+    lines = out.splitlines()
+    head = lines[0].split()
+    assert head[:6] == ["table", "title", "rows", "runnable", "faithful", "approximate"]
+    line = next(ln for ln in lines if ln.startswith("csr-d2s/table-ii "))
+    # rows, runnable, faithful, approximate, model missing, reference only, refused (the title may hold digits)
+    assert line.split()[-7:] == ["4", "4", "1", "1", "0", "0", "0"]
+    assert lines[-1].endswith("rows; 1 runnable row runs an approximate port (`bench show TABLE` lists the deviations)")
+    data = {r["id"]: r for t in json.loads(cli("--recipes", str(fidelity_recipes), "list", "--json").output)
+            if t["table"] == "csr-d2s/table-ii" for r in t["rows"]}
+    assert data["csr"]["fidelity"] == "approximate" and data["d2s"]["fidelity"] == "faithful"
