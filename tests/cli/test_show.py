@@ -12,7 +12,8 @@ def test_show_json(cli):
     data = json.loads(cli("show", "csr-d2s/table-i", "--json").output)
     assert [c["key"] for c in data["columns"]][:3] == ["method", "backbone", "schedule"]
     rows = {r["id"]: r for r in data["rows"]}
-    assert rows["polarmask"]["status"] == "reference only"
+    assert rows["polarmask"]["status"] == "runnable" and rows["polarmask"]["fidelity"] == "approximate"
+    assert rows["polarmask"]["deviations"] and rows["knet"]["fidelity"] is None
     assert rows["mask-rcnn"]["published"]["params_M"] == 44.17
 
 
