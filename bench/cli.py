@@ -82,6 +82,7 @@ def _row_record(table, row, with_hash: bool) -> dict:
     status, reason = _safe_row_status(row)
     rec = {"table": table.name, "position": row.position, "id": row.id, "label": row.label,
            "status": str(status), "reason": reason or None,
+           "fidelity": row.fidelity, "deviations": list(row.deviations),
            "published": {k: v for k, v in row.published.items()}, "baseline": row.baseline}
     if with_hash:
         rec["config_hash"] = cached_model_hash(row)  # None: no model, or a config that does not resolve
@@ -125,11 +126,15 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     # a plain aligned table (rich's import and layout would double this command's start-up)
     import shutil
 
-    head = ("table", "title", "rows", "runnable", "model missing", "reference only", "refused")
+    # of the runnable rows, those declared faithful / approximate (recipes.Row: absent is unstated)
+    head = ("table", "title", "rows", "runnable", "faithful", "approximate", "model missing", "reference only",
+            "refused")
     lines = []
     for t in tables:
         st = [_safe_row_status(r)[0] for r in t.rows]
+        fid = [r.fidelity for r, s in zip(t.rows, st) if s is RowStatus.RUNNABLE]
         lines.append((t.name, t.title, str(len(t.rows)), str(st.count(RowStatus.RUNNABLE)),
+                      str(fid.count("faithful")), str(fid.count("approximate")),
                       str(st.count(RowStatus.MODEL_MISSING)), str(st.count(RowStatus.REFERENCE_ONLY)),
                       str(st.count(RowStatus.REFUSED))))
     widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
@@ -147,7 +152,10 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     click.echo("  ".join("-" * w for w in widths))
     for cells in lines:
         click.echo(fmt(cells))
-    click.echo(f"{len(tables)} tables, {sum(len(t.rows) for t in tables)} rows")
+    approx = sum(int(x[5]) for x in lines)
+    click.echo(f"{len(tables)} tables, {sum(len(t.rows) for t in tables)} rows"
+               + (f"; {approx} runnable row{'s run' if approx != 1 else ' runs'} an approximate port "
+                  "(`bench show TABLE` lists the deviations)" if approx else ""))
 
 
 # ----------------------------------------------------------------------------------------- show
@@ -166,9 +174,11 @@ def _fmt(v) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.pass_context
 def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
-    """Show TABLE as the paper prints it (published cells), with each row's status.
+    """Show TABLE as the paper prints it (published cells), with each row's status and fidelity.
 
-    '?' marks a cell the paper text does not show (see the notes)."""
+    '?' marks a cell the paper text does not show (see the notes). Fidelity: 'faithful' or 'approximate'
+    (a port that differs from the original system; the notes list each deviation), blank where the recipe
+    states none."""
     _, t = _load(ctx, table)
     if as_json:
         out = {"table": t.name, "number": t.number, "title": t.title,
@@ -186,23 +196,28 @@ def show_cmd(ctx: click.Context, table: str, as_json: bool) -> None:
     for c in t.columns:
         rt.add_column(c.label, justify="right")
     rt.add_column("status")
+    rt.add_column("fidelity")
     notes = []
     for r in t.rows:
         status, reason = _safe_row_status(r)
         cells = [_fmt(r.published[c.key]) if c.key in r.published else
                  (_fmt(r.factors.get(c.key)) if c.key in r.factors else "") for c in t.columns]
-        rt.add_row(str(r.position), r.label, *cells, str(status))
+        rt.add_row(str(r.position), r.label, *cells, str(status), r.fidelity or "")
         if reason:
             notes.append(f"row {r.position} ({r.id}): {status}: {reason}")
+        for d in r.deviations:
+            notes.append(f"row {r.position} ({r.id}): approximate port: {d}")
         link = _zoo_link(r)
         if link is not None:
             notes.append(f"row {r.position} ({r.id}): mmdet model zoo {link.model.name}: {link.describe()}")
         for k, n in r.published_notes.items():
             notes.append(f"row {r.position} ({r.id}) {k}: {n}")
+    from rich.markup import escape
+
     con = _console()
     con.print(rt)
-    for n in notes:
-        con.print(f"  [dim]{n}[/dim]")
+    for n in notes:   # recipe text, never rich markup ('[18]', '[dim]' are printed as written)
+        con.print(f"  [dim]{escape(n)}[/dim]")
 
 
 def _zoo_link(row, as_dict: bool = False):

@@ -172,12 +172,26 @@ def _nonnegative_tolerances(v: dict) -> dict:
 
 
 class Row(_Strict):
+    """One row of a paper's table.
+
+    ``fidelity`` says how closely the implementation a runnable row trains follows the original system:
+    ``faithful`` (the architecture and training setup of the paper, or of its official code where the paper
+    is silent, with nothing knowingly changed) or ``approximate`` (something differs: each difference is one
+    line of ``deviations``). Absent, nothing is claimed ("unstated"): the rows that predate the field run
+    mmdet's own implementation of a system or a paper's modules as the paper describes them (their readings
+    are in ``bench/models/*.md``), and are shown without a fidelity word rather than as faithful."""
+
     id: str
     label: str
     position: int = Field(ge=1)
     factors: dict[str, Scalar] = Field({}, description="the non-metric cells of the row, keyed by column key")
     model: Optional[ModelSpec] = None
     reference_only: Optional[str] = Field(None, description="why this row is not runnable (a system outside mmdet and these papers)")
+    fidelity: Optional[Literal["faithful", "approximate"]] = Field(
+        None, description="how closely the runnable implementation follows the original: 'faithful' or "
+                          "'approximate' (then list each difference in 'deviations'); absent: unstated")
+    deviations: list[str] = Field([], description="each way an 'approximate' row's implementation differs from the "
+                                                  "original system (architecture, training setup), one line each")
     train: TrainSpec = TrainSpec()
     published: dict[str, Optional[float]] = {}
     published_notes: dict[str, str] = Field({}, description="one note per unknown (null) published cell, and any doubtful one")
@@ -233,6 +247,16 @@ class Row(_Strict):
     def _consistent(self) -> "Row":
         if self.model is None and self.reference_only is None:
             raise ValueError("a row needs a 'model' or a 'reference_only' reason")
+        if self.fidelity is not None and self.reference_only is not None:
+            raise ValueError("fidelity: a reference-only row runs nothing; give 'fidelity' only with a 'model'")
+        if self.deviations and self.fidelity != "approximate":
+            raise ValueError(f"deviations: only an 'approximate' row lists deviations (fidelity is "
+                             f"{self.fidelity or 'absent'!r}); a row that differs from the original is approximate")
+        if self.fidelity == "approximate" and not self.deviations:
+            raise ValueError("deviations: an 'approximate' row must say how it differs from the original "
+                             "(one line per deviation)")
+        if any(not d.strip() for d in self.deviations):
+            raise ValueError("deviations: an empty deviation says nothing; write what differs")
         for key, value in self.published.items():
             if value is None and key not in self.published_notes:
                 raise ValueError(f"published.{key} is unknown (null) but has no published_notes.{key} saying why")
@@ -515,6 +539,10 @@ def _load_table(path: Path, read: list) -> Table:
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             if not loc or e["type"] == "value_error" and e["msg"].removeprefix("Value error, ").startswith("rows["):
                 lines.append(f"{path}: {_row_error_loc(raw, e['msg'].removeprefix('Value error, '))}")
+            elif (e["type"] == "value_error" and len(loc) == 2 and loc[0] == "rows"
+                  and (m := re.match(r"([a-z_][a-z0-9_.]*): (.*)", _explain(e), re.S))):
+                # a row's own check that names its field ("fidelity: ..."): 'row 2 (id ...), field fidelity: ...'
+                lines.append(f"{path}: {_format_loc(raw, loc + tuple(m.group(1).split('.')))}: {m.group(2)}")
             else:
                 lines.append(f"{path}: {_format_loc(raw, loc)}: {_explain(e)}")
         raise RecipeError("\n".join(dict.fromkeys(lines))) from None

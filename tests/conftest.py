@@ -48,6 +48,29 @@ def recipe_dir(tmp_path):
     return write
 
 
+#: what `fidelity_recipes` states for csr-d2s Table II's '+ CSR' row (and '+ D2S' is declared faithful)
+DEVIATIONS = ["the CSR block is built with two branches, not three", "GroupNorm <b>in place of</b> [bold]BatchNorm[/bold]"]
+
+
+@pytest.fixture
+def fidelity_recipes(tmp_path) -> Path:
+    """A copy of the shipped recipes where csr-d2s Table II's 'csr' row is declared approximate (with
+    DEVIATIONS, one holding HTML and rich markup) and its 'd2s' row faithful: what a port's recipe row says."""
+    import yaml
+
+    root = tmp_path / "fidelity-recipes"
+    shutil.copytree(REPO / "recipes", root)
+    path = root / "csr-d2s" / "table-ii.yaml"
+    text = path.read_text()
+    for head, extra in (("  - id: csr\n    label: + CSR\n",
+                         f"    fidelity: approximate\n    deviations: {yaml.safe_dump(DEVIATIONS, default_flow_style=True).strip()}\n"),
+                        ("  - id: d2s\n    label: + D2S\n", "    fidelity: faithful\n")):
+        assert text.count(head) == 1, head
+        text = text.replace(head, head + extra)
+    path.write_text(text)
+    return root
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """The embedded synthetic dataset, small: 16 train and 8 val images."""

@@ -236,6 +236,7 @@ FAMILIES = [
     ("faster-rcnn", "sbr-cnn/table-8", None),
     ("r3-cnn", "sbr-cnn/table-2", "r3-naive"),
     ("knet", "csr-d2s/table-i", None),
+    ("polarmask", "csr-d2s/table-i", "polarmask"),
     ("csr-d2s", "csr-d2s/table-ii", None),
     ("isda", "isda/table-1", None),
     ("sa-fpn", "sa-fpn/table-2", None),

@@ -167,3 +167,55 @@ def test_bad_claims_are_refused_naming_the_field(recipe_dir, claim, words):
     msg = _err(recipe_dir, GOOD_ROW + SECOND + f"    claim: {claim}\n")
     for w in words:
         assert w in msg, (w, msg)
+
+
+# ------------------------------------------------------------------------------------- fidelity
+REFERENCE_ROW = """
+  - id: other
+    label: Other
+    position: 2
+    reference_only: "not implemented"
+    published: {mask_AP: 30.0}
+"""
+
+
+def test_fidelity_absent_is_unstated_and_declared_values_load(recipe_dir):
+    """Absent, a row claims nothing (existing recipes stay valid); 'faithful' alone and 'approximate' with
+    its deviations load as written."""
+    assert load_table(recipe_dir(HEAD + GOOD_ROW)).rows[0].fidelity is None
+    row = load_table(recipe_dir(HEAD + GOOD_ROW + "    fidelity: faithful\n")).rows[0]
+    assert row.fidelity == "faithful" and row.deviations == []
+    row = load_table(recipe_dir(HEAD + GOOD_ROW + '    fidelity: approximate\n    deviations: ["two towers", "no DCN"]\n')).rows[0]
+    assert row.fidelity == "approximate" and row.deviations == ["two towers", "no DCN"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("    fidelity: exact\n", ["row 1 (id 'base'), field fidelity", "'faithful' or 'approximate'", "'exact'"]),
+    ("    fidelity: approximate\n", ["row 1 (id 'base'), field deviations", "must say how it differs"]),
+    ("    fidelity: approximate\n    deviations: []\n", ["row 1 (id 'base'), field deviations", "must say how it differs"]),
+    ('    fidelity: approximate\n    deviations: ["  "]\n', ["row 1 (id 'base'), field deviations", "empty deviation"]),
+    ('    fidelity: faithful\n    deviations: ["no DCN"]\n', ["row 1 (id 'base'), field deviations", "is 'faithful'"]),
+    ('    deviations: ["no DCN"]\n', ["row 1 (id 'base'), field deviations", "is 'absent'"]),
+    ('    fidelity: approximate\n    deviations: no DCN\n', ["row 1 (id 'base'), field deviations", "list"]),
+    ('    fidelity: approximate\n    deviations: [{what: x}]\n', ["row 1 (id 'base'), field deviations.0", "string"]),
+])
+def test_bad_fidelity_is_refused_naming_file_row_and_field(recipe_dir, extra, words):
+    msg = _err(recipe_dir, GOOD_ROW + extra)
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_fidelity_on_a_reference_only_row_is_refused(recipe_dir):
+    msg = _err(recipe_dir, GOOD_ROW + REFERENCE_ROW + "    fidelity: faithful\n")
+    assert "row 2 (id 'other'), field fidelity: a reference-only row runs nothing" in msg
+
+
+def test_every_shipped_recipe_is_valid_and_states_fidelity_with_its_deviations():
+    """The shipped recipes load under the schema; an approximate row always says how it differs."""
+    from bench.recipes import Catalogue
+
+    rows = [r for t in Catalogue().tables() for r in t.rows]
+    assert len(rows) > 150
+    for r in rows:
+        assert (r.fidelity == "approximate") == bool(r.deviations), r.id
+        assert r.fidelity is None or r.reference_only is None, r.id

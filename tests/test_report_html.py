@@ -192,3 +192,34 @@ def test_smoke_page_shows_the_architecture_audit_coloured(report, tmp_path, monk
     shot.unlink(missing_ok=True)
     browse(page.as_uri() + "#audit", tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", "--hide-scrollbars")
     assert shot.read_bytes()[:8] == PNG
+
+
+def test_table_page_shows_each_rows_fidelity_beside_it(fidelity_recipes, tmp_path):
+    """An approximate port is never read as the original: on the page (no results needed) its fidelity
+    badge sits beside the row's label in the table, the claims and the provenance, each deviation is a note (its
+    markup shown as text), a faithful row says so, and a row that states nothing carries no badge."""
+    from bench.report.command import report_cmd
+    from tests.conftest import DEVIATIONS
+
+    out = tmp_path / "reports"
+    env = {"BENCH_RESULTS": str(tmp_path / "results"), "BENCH_RECIPES": str(fidelity_recipes),
+           "BENCH_CACHE": str(tmp_path / "cache")}
+    res = CliRunner().invoke(report_cmd, [TABLE, "--out", str(out), "--html"], env=env, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    dom = browse((out / "smoke" / "csr-d2s" / "table-ii.html").as_uri(), tmp_path, "--dump-dom")
+    main = re.search(r'<table class="paper-table" id="results">(.*?)</table>', dom, re.S).group(1)
+    labels = dict(re.findall(r'<tr id="row-([^"]+)".*?<td class="label">(.*?)</td>', main, re.S))
+    assert set(labels) == set(ROWS)
+    badge = r'<span class="badge fidelity {0}" data-fidelity="{0}" title="([^"]*)">{0}</span>'
+    title = re.search(badge.format("approximate"), labels["csr"]).group(1)
+    assert title == "approximate port: " + "; ".join(DEVIATIONS).replace("<", "&lt;").replace(">", "&gt;")
+    assert re.search(badge.format("faithful"), labels["d2s"])
+    assert "fidelity" not in labels["baseline-fpn"] and "fidelity" not in labels["csr-d2s"]
+    notes = re.findall(r'<li class="deviation" data-row="([^"]+)">(.*?)</li>', dom, re.S)
+    assert notes == [("csr", f"Row 2 (+ CSR), approximate port: {d}".replace("<", "&lt;").replace(">", "&gt;"))
+                     for d in DEVIATIONS]
+    prov = re.search(r'<table class="data" id="provenance-table">(.*?)</table>', dom, re.S).group(1)
+    assert re.findall(r'data-fidelity="([^"]+)"', prov) == ["approximate", "faithful"]
+    claims = re.search(r'<table class="data" id="claims-table">(.*?)</table>', dom, re.S).group(1)
+    assert re.findall(r'data-fidelity="([^"]+)"', claims) == ["approximate", "faithful"]
+    assert "a port that differs from the original system" in dom   # the legend says what the badges mean

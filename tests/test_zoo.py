@@ -25,7 +25,7 @@ def test_show_names_the_zoo_checkpoint_of_the_mask_rcnn_row(cli):
     rel = rows["mask-rcnn"]["released_checkpoint"]
     assert rel["url"] == entry["Weights"] and rel["file_name"] == file_name and rel["exact"] is True
     assert rows["knet"]["released_checkpoint"] is None          # a bench:: config has no zoo checkpoint
-    assert rows["polarmask"]["released_checkpoint"] is None     # reference only
+    assert rows["polarmask"]["released_checkpoint"] is None     # a bench port has no zoo checkpoint
 
 
 def test_weights_lists_the_released_checkpoint(cli, tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ def row_record(view: TableView, rv: RowView) -> dict[str, Any]:
                            "label": rv.row.label}
     for col in view.table.factor_columns:
         rec[col.key] = rv.row.factors.get(col.key)
-    rec.update(row_status=rv.row_status, run_status=rv.run_status, detail=rv.detail or None)
+    rec.update(row_status=rv.row_status, run_status=rv.run_status, detail=rv.detail or None,
+               fidelity=rv.row.fidelity, deviations="; ".join(rv.row.deviations) or None)
     for key, cell in rv.cells.items():
         rec[f"{key}.published"] = cell.published
         rec[f"{key}.measured"] = cell.measured.mean if cell.measured else None
@@ -195,7 +196,8 @@ def table_markdown(view: TableView) -> str:
         head += [f"{c.label} (paper)", f"{c.label} (ours)"]
     lines = ["| " + " | ".join(markdown_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for rv in view.rows:
-        cells = [markdown_cell(rv.row.label)] + [markdown_cell(factor_text(rv.row.factors.get(c.key)))
+        label = rv.row.label + (f" ({rv.row.fidelity})" if rv.row.fidelity else "")
+        cells = [markdown_cell(label)] + [markdown_cell(factor_text(rv.row.factors.get(c.key)))
                                                   for c in t.factor_columns]
         for c in t.metric_columns:
             cell = rv.cells[c.key]
