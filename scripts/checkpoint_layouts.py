@@ -98,42 +98,39 @@ def _metafile_entry(root: Path, url: str) -> tuple[Path, dict]:
     raise SystemExit(f"no metafile under {root} lists {url}")
 
 
+def _zoo_layout(library: str, root: Path, models, url: str, evidence: str):
+    """The state dict of the model whose metafile entry (under ``root``) lists ``url``, built by ``models``."""
+    from mmengine.config import Config
+
+    mf, entry = _metafile_entry(root, url)
+    sd = models.build(Config.fromfile(str(root.parent / entry["Config"])).model).state_dict()
+    return ["meta", "state_dict"], sd, {
+        "source": "class", "library": library, "version": _version(library),
+        "built": f"{library}'s {entry['Config']} model", "metafile": f"{mf.relative_to(root.parent)}: {entry['Name']}",
+        "evidence": evidence}
+
+
 def mmpretrain_layout(name: str, url: str):
     import mmpretrain
-    from mmengine.config import Config
     from mmpretrain.registry import MODELS
     from mmpretrain.utils import register_all_modules
 
     register_all_modules()
-    root = Path(mmpretrain.__file__).parent / ".mim" / "configs"
-    mf, entry = _metafile_entry(root, url)
-    cfg = Config.fromfile(str(root.parent / entry["Config"]))
-    sd = MODELS.build(cfg.model).state_dict()
-    return ["meta", "state_dict"], sd, {
-        "source": "class", "library": "mmpretrain", "version": _version("mmpretrain"),
-        "built": f"mmpretrain's {entry['Config']} model", "metafile": f"{mf.relative_to(root.parent)}: {entry['Name']}",
-        "evidence": "the mmpretrain metafile lists this file as that config's weights (mmpretrain loads its zoo "
-                    "strictly into the config's model); the file was saved by mmcls 0.x, whose ResNetV1d stem "
-                    "(three ConvModules: stem.{i}.conv / stem.{i}.bn) mmpretrain kept"}
+    return _zoo_layout("mmpretrain", Path(mmpretrain.__file__).parent / ".mim" / "configs", MODELS, url,
+                       "the mmpretrain metafile lists this file as that config's weights (mmpretrain loads its zoo "
+                       "strictly into the config's model); the file was saved by mmcls 0.x, whose ResNetV1d stem "
+                       "(three ConvModules: stem.{i}.conv / stem.{i}.bn) mmpretrain kept")
 
 
 def mmdet_layout(name: str, url: str):
-    from mmengine.config import Config
-
     from bench.resolve import mmdet_configs_dir, register_all
 
     register_all()
     from mmdet.registry import MODELS
 
-    root = mmdet_configs_dir()
-    mf, entry = _metafile_entry(root, url)
-    cfg = Config.fromfile(str(root.parent / entry["Config"]))
-    sd = MODELS.build(cfg.model).state_dict()
-    return ["meta", "state_dict"], sd, {
-        "source": "class", "library": "mmdet", "version": _version("mmdet"),
-        "built": f"mmdet's {entry['Config']} model", "metafile": f"{mf.relative_to(root.parent)}: {entry['Name']}",
-        "evidence": "mmdet 3.3.0's metafile lists this file, with its box/mask AP, as that config's weights "
-                    "(the zoo's numbers are this class evaluating that file)"}
+    return _zoo_layout("mmdet", mmdet_configs_dir(), MODELS, url,
+                       "mmdet 3.3.0's metafile lists this file, with its box/mask AP, as that config's weights "
+                       "(the zoo's numbers are this class evaluating that file)")
 
 
 def producer(url: str):
