@@ -194,3 +194,35 @@ class gathered:
     def __exit__(self, *exc) -> bool:
         self._mod.collect_results = self._orig
         return False
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def start_iter_hook(info: dict):
+    """An mmengine hook that, when training starts (after mmengine resumed from a checkpoint), gathers
+    every rank's pid, host and starting iteration into ``info["ranks"]``: a resumed run shows each of
+    its processes resuming from the same iteration."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from mmengine.hooks import Hook
+
+    class BenchRankStartHook(Hook):
+        priority = "LOWEST"
+
+        def before_train(self, runner) -> None:
+            mine = {"rank": dist.get_rank(), "pid": os.getpid(), "host": socket.gethostname(),
+                    "start_iter": runner.iter}
+            out: list = [None] * dist.get_world_size()
+            dist.all_gather_object(out, mine)
+            info["ranks"] = out
+
+    return BenchRankStartHook()

@@ -639,24 +639,6 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     from bench.resolve import register_all
 
     register_all()
-    if spec.dataset == "synth":
-        from bench.data import synth
-
-        synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
-    cfg = Config(copy.deepcopy(spec.config))  # the spec travels again if the job is requeued: keep it pristine
-    cfg.work_dir = str(work / "train")
-    if rank() == 0:
-        cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
-    refused: list[str] = []
-    resumed_from = _resume_checkpoint(work / "train", refused) if resume else None
-    trained = _finished_training(spec) if not resumed_from else None
-    if trained:  # differs from a finished run only at test time: evaluate its weights, train nothing
-        cfg.load_from = trained["checkpoint"]
-        cfg.resume = False
-    elif resumed_from:
-        cfg.resume = True
-        cfg.load_from = resumed_from
-    cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
     dist_info, cpu_changes = None, []
     if run_tasks(spec) > 1:
         from bench import distributed
@@ -671,6 +653,29 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
                 f"the run needs {run_tasks(spec)} processes and this one sees a world of {distributed.world_size()} "
                 "(RANK/WORLD_SIZE or SLURM's task variables): start it through `bench run` (local or slurm)")
         dist_info = distributed.init()
+    if spec.dataset == "synth" and rank() == 0:
+        from bench.data import synth
+
+        synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
+    cfg = Config(copy.deepcopy(spec.config))  # the spec travels again if the job is requeued: keep it pristine
+    cfg.work_dir = str(work / "train")
+    if rank() == 0:
+        cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
+    refused: list[str] = []
+    resumed_from = _resume_checkpoint(work / "train", refused) if resume and rank() == 0 else None
+    trained = _finished_training(spec) if not resumed_from and rank() == 0 else None
+    if dist_info:  # every rank resumes from (or evaluates) the checkpoint rank 0 chose, after it made the data
+        from bench.distributed import broadcast
+
+        resumed_from, trained, refused = broadcast((resumed_from, trained, refused))
+    if trained:  # differs from a finished run only at test time: evaluate its weights, train nothing
+        cfg.load_from = trained["checkpoint"]
+        cfg.resume = False
+    elif resumed_from:
+        cfg.resume = True
+        cfg.load_from = resumed_from
+    cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
+    if dist_info:
         cfg.launcher = "slurm" if "SLURM_PROCID" in os.environ else "pytorch"
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = dist_info["backend"]
         if dist_info["device"] == "cpu":
@@ -680,6 +685,10 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     elif _has_sync_bn(cfg):
         cpu_changes = ["SyncBN -> BatchNormXd by mmengine (one process: revert_sync_batchnorm)"]
     runner = Runner.from_cfg(cfg)
+    if dist_info:  # the iteration each rank starts from (after mmengine's resume): the same on every rank
+        from bench.distributed import start_iter_hook
+
+        runner.register_hook(start_iter_hook(dist_info), priority="LOWEST")
     if rank() == 0:  # rank 0 saves the checkpoints (mmengine's CheckpointHook is master-only): it checksums them
         runner.register_hook(_mmengine_hook(work / "train"), priority="LOWEST")
     phases["setup"] = time.perf_counter() - t0
@@ -766,6 +775,8 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
 
     m["distributed"] = dist_record(dist_info, spec, cfg.train_dataloader.get("batch_size"), cpu_changes)
     m["distributed"]["eval_gathered"] = dict(gathered)
+    if dist_info:
+        m["distributed"]["ranks"] = dist_info.get("ranks")
     if captured:
         m["_matches"] = matches_mod.save(work / "matches.npz", captured)
     return measured, notes, m
