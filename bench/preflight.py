@@ -440,6 +440,9 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
     dl_cfg["persistent_workers"] = False
     loader = Runner.build_dataloader(dl_cfg, seed=0)
     optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    from bench.dist_preflight import ddp_wrap
+
+    fwd = ddp_wrap(model, cfg)   # `--tasks N`: DistributedDataParallel over the ranks (gradients all-reduced)
     model.train()
     times: list[float] = []
     data_iter = iter(loader)
@@ -451,9 +454,9 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
             data_iter = iter(loader)
             data = next(data_iter)
         try:
-            with optim.optim_context(model):
+            with optim.optim_context(fwd):
                 batch = model.data_preprocessor(data, True)
-                losses = model._run_forward(batch, mode="loss")
+                losses = fwd._run_forward(batch, mode="loss")
         except Exception as e:  # noqa: BLE001 - name the iteration; a model's own NaN assertion is a NaN
             text = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             kind = " (NaN/inf loss)" if "nan" in text.lower() or "infinite" in text.lower() else ""
