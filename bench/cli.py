@@ -634,6 +634,9 @@ def _preflight_line(r: dict) -> str:
 @click.option("--tasks", type=click.IntRange(min=1), default=None,
               help="Run each preflight in N CPU processes (gloo; the paper's total batch split over them), as "
                    "`bench run --tasks N` would: distributed sampler, DDP gradients, the evaluation gathered from all ranks.")
+@click.option("--batch-per-task", type=click.IntRange(min=1), default=None,
+              help="With --tasks: train each process on N images per iteration instead of its planned share of the "
+                   "paper's batch (to fit N processes in this machine's memory); the record says so.")
 @click.option("--cached", "use_cache", is_flag=True,
               help="Reuse a run's cached record if it passed with at least ITERS iterations on this device.")
 @click.option("--evaluator", type=click.Choice(EVALUATORS), default="auto",
@@ -641,8 +644,8 @@ def _preflight_line(r: dict) -> str:
               "evaluation goes through it and the record names it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
 @click.pass_context
-def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, tasks, use_cache, evaluator,
-                  as_json) -> None:
+def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, tasks, batch_per_task, use_cache,
+                  evaluator, as_json) -> None:
     """Prove every run of TABLES' paper-scale plan starts, here, in minutes: real datasets counted as mmdet
     builds them, every checkpoint found and loaded with its keys checked, ITERS training iterations at the
     paper's input size and per-GPU batch with finite losses and gradients, then the test pipeline and the
@@ -667,12 +670,15 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
         raise BenchError(str(e)) from None
     cannot = [pr for pr in plan.rows if pr.action == "cannot run"]
     echo = (lambda r: None) if as_json else (lambda r: click.echo(_preflight_line(r)))
+    if batch_per_task and not (tasks and tasks > 1):
+        raise BenchError("--batch-per-task sets the batch of each of --tasks N processes: give --tasks 2 or more")
     if tasks and tasks > 1:
         if device != "cpu":
             raise BenchError("--tasks runs CPU processes (gloo): use it with --device cpu")
         from bench.dist_preflight import preflight_plan_tasks
 
-        recs = preflight_plan_tasks(plan, root, tasks=tasks, iters=iters, use_cache=use_cache, on_result=echo)
+        recs = preflight_plan_tasks(plan, root, tasks=tasks, iters=iters, use_cache=use_cache, on_result=echo,
+                                    batch_per_task=batch_per_task)
     else:
         recs = preflight_plan(plan, root, iters=iters, device=device, use_cache=use_cache, on_result=echo)
     if as_json:
@@ -681,7 +687,7 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
                                        "eval_images", "eval_instances", "iters", "s_per_iter", "first_iter_s",
                                        "peak_mem_mb", "mem_kind", "losses", "grad_params", "no_grad", "weights",
                                        "eval_metrics", "evaluator", "device", "batch_per_gpu", "wall_s", "cached",
-                                       "tasks", "backend", "ranks", "cpu_changes")}
+                                       "tasks", "backend", "ranks", "cpu_changes", "batch_override")}
                for r in recs]
         out += [{"table": pr.table, "row": pr.row.id, "rows": [f"{pr.table}/{pr.row.id}"], "run_key": None,
                  "status": "not runnable", "reason": f"{pr.status}: {pr.reason}"} for pr in cannot]

@@ -34,21 +34,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_wrap(model, cfg):
-    """``model`` wrapped for training in DistributedDataParallel when a process group is up (CPU:
-    no device ids), else ``model`` itself: what the preflight's training iterations call forward on."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return model
-    from mmengine.model import MMDistributedDataParallel
-
-    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
-    return MMDistributedDataParallel(
-        module=model, device_ids=None, broadcast_buffers=wrapper.get("broadcast_buffers", False),
-        find_unused_parameters=bool(wrapper.get("find_unused_parameters", cfg.get("find_unused_parameters", False))))
-
-
 def _rank_main(rank: int, tasks: int, port: int, spec: RunSpec, iters: int, eval_images: int, out: str,
                timeout_s: int) -> None:
     """One rank: join the process group, preflight the run (CPU), write the record to ``out``."""
@@ -77,13 +62,41 @@ def _rank_main(rank: int, tasks: int, port: int, spec: RunSpec, iters: int, eval
     Path(out).write_text(json.dumps(rec, default=str))
 
 
+def with_task_batch(spec: RunSpec, batch_per_task: Optional[int]) -> tuple[RunSpec, Optional[dict]]:
+    """``spec`` with each process's training batch set to ``batch_per_task`` (a copy), and the record of
+    the change; ``spec`` itself and None when no batch is asked or it is the planned one."""
+    planned = (spec.config.get("train_dataloader") or {}).get("batch_size")
+    if not batch_per_task or batch_per_task == planned:
+        return spec, None
+    spec = copy.deepcopy(spec)
+    spec.config["train_dataloader"]["batch_size"] = batch_per_task
+    return spec, {"planned": planned, "used": batch_per_task,
+                  "why": f"--batch-per-task {batch_per_task}: each process trains on {batch_per_task} image(s) per "
+                         f"iteration instead of the planned {planned}; the iteration's memory and time are not the "
+                         "planned run's"}
+
+
+def _kill_reason(code: Optional[int]) -> str:
+    if code is None:
+        return "stopped after another rank failed or the timeout"
+    if code < 0:
+        sig = -code
+        return f"killed by signal {sig}" + (" (SIGKILL: the kernel's out-of-memory killer sends it; see "
+                                            "--batch-per-task)" if sig == 9 else "")
+    return f"exited with status {code}"
+
+
 def run_tasks(spec: RunSpec, tasks: int, iters: int = 2, eval_images: Optional[int] = None,
-              timeout_s: int = 1800) -> dict:
+              timeout_s: int = 1800, batch_per_task: Optional[int] = None,
+              keep_logs: Optional[Path] = None) -> dict:
     """Preflight one run in ``tasks`` gloo processes; the record is rank 0's, failed if any rank failed,
-    with every rank's status, s/iteration, peak memory and losses under ``ranks``."""
+    with every rank's status, s/iteration, peak memory and losses under ``ranks``. ``batch_per_task``
+    overrides each process's training batch (recorded as ``batch_override``); a failed run's rank logs
+    are copied to ``keep_logs``/rank<r>.log and named in the reason."""
     from bench.preflight import EVAL_IMAGES
 
     eval_images = EVAL_IMAGES if eval_images is None else eval_images
+    spec, override = with_task_batch(spec, batch_per_task)
     port = free_port()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-preflight-") as tmp:
@@ -116,12 +129,16 @@ def run_tasks(spec: RunSpec, tasks: int, iters: int = 2, eval_images: Optional[i
             try:
                 ranks.append(json.loads(Path(o).read_text()))
             except (OSError, ValueError):
-                code = p.returncode
-                why = (f"killed by signal {-code}" if code and code < 0 else
-                       f"exited with status {code}" if code else "stopped after another rank failed or the timeout")
-                tail = (Path(tmp) / f"rank{r}.log").read_text(errors="replace").strip().splitlines()[-1:]
-                ranks.append({"rank": r, "status": "failed",
-                              "reason": f"no record: {why}" + (f" ({tail[0][:300]})" if tail else "")})
+                why = _kill_reason(p.returncode if p.returncode != 0 else None)
+                ranks.append({"rank": r, "status": "failed", "reason": f"no record: {why}"})
+        if keep_logs is not None and any(r.get("status") != "ok" for r in ranks):
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for r in range(tasks):
+                dest = keep_logs / f"rank{r}.log"
+                dest.write_bytes((Path(tmp) / f"rank{r}.log").read_bytes())
+                ranks[r]["log"] = str(dest)
+                if ranks[r].get("status") != "ok":
+                    ranks[r]["reason"] = f"{ranks[r].get('reason') or 'failed'} (log: {dest})"
     first = spec.targets[0]
     rec = dict(ranks[0]) if ranks[0].get("run_key") else {
         "table": first["table"], "row": first["row"], "run_key": spec.run_key, "rows": [
@@ -134,7 +151,10 @@ def run_tasks(spec: RunSpec, tasks: int, iters: int = 2, eval_images: Optional[i
     rec["device"] = f"cpu, {tasks} gloo processes" + (f" ({ranks[0].get('threads_per_task')} thread(s) each)"
                                                       if ranks[0].get("threads_per_task") else "")
     rec["ranks"] = [{k: r.get(k) for k in ("rank", "status", "reason", "s_per_iter", "first_iter_s", "peak_mem_mb",
-                                           "losses", "grad_params", "eval_detections")} for r in ranks]
+                                           "losses", "grad_params", "eval_detections", "eval_processed")} for r in ranks]
+    if override:
+        rec["batch_override"] = override
+        rec["batch_per_gpu"] = override["used"]
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
     rec["finished_at"] = time.time()
     return rec
@@ -148,18 +168,22 @@ def _failed(out: str) -> bool:
 
 
 def preflight_plan_tasks(plan: Plan, results_root: Path, tasks: int, iters: int = 2, use_cache: bool = False,
-                         on_result=None) -> list[dict]:
+                         on_result=None, batch_per_task: Optional[int] = None) -> list[dict]:
     """:func:`bench.preflight.preflight_plan` with every run in ``tasks`` gloo processes; a cached
-    record serves only if it passed with as many processes and at least ``iters`` iterations."""
+    record serves only if it passed with as many processes, at least ``iters`` iterations and the same
+    per-process batch."""
     from bench.preflight import cached, preflight_path
 
     out = []
     for spec in plan.runs.values():
         hit = cached(results_root, spec.run_key) if use_cache else None
-        if hit and hit.get("status") == "ok" and hit.get("iters", 0) >= iters and hit.get("tasks") == tasks:
+        same_batch = (hit or {}).get("batch_override", {}).get("used") == (
+            batch_per_task if with_task_batch(spec, batch_per_task)[1] else None)
+        if hit and hit.get("status") == "ok" and hit.get("iters", 0) >= iters and hit.get("tasks") == tasks and same_batch:
             hit["cached"] = True
         else:
-            hit = run_tasks(spec, tasks, iters=iters)
+            logs = preflight_path(results_root, spec.run_key).with_suffix(".logs")
+            hit = run_tasks(spec, tasks, iters=iters, batch_per_task=batch_per_task, keep_logs=logs)
             atomic_write_json(preflight_path(results_root, spec.run_key), hit)
         out.append(hit)
         if on_result:

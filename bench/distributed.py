@@ -57,14 +57,26 @@ def rank_env(env: Optional[dict] = None) -> dict[str, str]:
         nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
         addr = "127.0.0.1"
         if nodes > 1:
-            addr = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
-                                  text=True, timeout=30).stdout.split()[0]
+            addr = first_node_addr(env["SLURM_JOB_NODELIST"])
         job = int(env.get("SLURM_JOB_ID", "0"))
         return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
                 "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
                 "MASTER_ADDR": env.get("MASTER_ADDR", addr),
                 "MASTER_PORT": env.get("MASTER_PORT", str(20000 + job % 20000))}
     return {}
+
+
+def first_node_addr(nodelist: str) -> str:
+    """The address of a job's first node, where rank 0 listens: its NodeAddr in SLURM's node table (a
+    node's name need not resolve: several slurmd on one host, or names that are not host names), else
+    the name itself."""
+    first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                           timeout=30).stdout.split()[0]
+    out = subprocess.run(["scontrol", "-o", "show", "node", first], capture_output=True, text=True, timeout=30).stdout
+    for field in out.split():
+        if field.startswith("NodeAddr=") and field[len("NodeAddr="):]:
+            return field[len("NodeAddr="):]
+    return first
 
 
 def world_size() -> int:
@@ -220,9 +232,24 @@ def start_iter_hook(info: dict):
 
         def before_train(self, runner) -> None:
             mine = {"rank": dist.get_rank(), "pid": os.getpid(), "host": socket.gethostname(),
-                    "start_iter": runner.iter}
+                    "node": os.environ.get("SLURMD_NODENAME"), "start_iter": runner.iter}
             out: list = [None] * dist.get_world_size()
             dist.all_gather_object(out, mine)
             info["ranks"] = out
 
     return BenchRankStartHook()
+
+
+def ddp_wrap(model, cfg):
+    """``model`` wrapped for training in DistributedDataParallel when a process group is up (CPU:
+    no device ids), else ``model`` itself: what the preflight's training iterations call forward on."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return model
+    from mmengine.model import MMDistributedDataParallel
+
+    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
+    return MMDistributedDataParallel(
+        module=model, device_ids=None, broadcast_buffers=wrapper.get("broadcast_buffers", False),
+        find_unused_parameters=bool(wrapper.get("find_unused_parameters", cfg.get("find_unused_parameters", False))))

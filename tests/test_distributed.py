@@ -236,3 +236,84 @@ def test_two_task_slurm_job_is_preempted_requeued_and_resumes_on_both_ranks(slur
     # the requeued job's tasks: rank 0 returned the result path, rank 1 nothing
     tasks = _task_results(Path(job["folder"]))
     assert tasks[0] == [str(results / "smoke" / "pipeline-test" / "table-1" / "tiny.json")] and tasks[1] == []
+
+
+# ------------------------------------------------------------------------- paper-config preflight
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("table,row", [("sbr-cnn/table-2", "mask-1x"),
+                                       ("amf-sparseinst/table-10", "amf-sparseinst-r50d-dcn-608")],
+                         ids=["mask-rcnn", "sparseinst"])
+def test_two_task_preflight_of_a_paper_config(table, row, tmp_path):
+    """`bench preflight --tasks 2` on a paper config (the real-format COCO fixture, layout-true fabricated
+    checkpoints, 1 iteration): both gloo ranks train (every trainable tensor gets a gradient through DDP),
+    the evaluation is gathered on rank 0, and a smaller per-process batch is recorded as such."""
+    from bench.data.fake_weights import fabricate
+    from bench.data.layouts import write_coco
+    from bench.plan import make_plan
+    from bench.recipes import Catalogue
+
+    coco, weights = tmp_path / "coco", tmp_path / "weights"
+    write_coco(coco, train_images=4, val_images=2, test_images=2)
+    weights.mkdir()
+    t = Catalogue(REAL_RECIPES).load(table)
+    plan = make_plan([(t, [t.row(row)])], "paper", tmp_path / "plan", data_root={"coco": coco}, force=True,
+                     weights_dirs=[weights], tasks=2)
+    (spec,) = plan.runs.values()
+    fabricate(spec.config, weights, only={w["file_name"] for w in spec.weights})
+    planned = spec.config["train_dataloader"]["batch_size"]
+    assert planned == t.row(row).train.batch_size // 2   # the paper's total batch split over the 2 processes
+    env = bench_env(tmp_path / "results", tmp_path / "data", REAL_RECIPES)
+    p = _bench(env, "preflight", table, "--row", row, "--tasks", "2", "--batch-per-task", "1", "--iters", "1",
+               "--data-root", f"coco={coco}", "--weights-dir", str(weights), "--json", timeout=880)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (rec,) = json.loads(p.stdout)
+    assert rec["status"] == "ok" and rec["tasks"] == 2 and rec["backend"] == "gloo", rec
+    assert [r["rank"] for r in rec["ranks"]] == [0, 1] and all(r["status"] == "ok" for r in rec["ranks"])
+    for r in rec["ranks"]:
+        n, of = r["grad_params"].split(" of ")[0], r["grad_params"].split(" of ")[1].split()[0]
+        assert n == of and int(n) > 0, r["grad_params"]
+        assert r["losses"]["loss"] == r["losses"]["loss"]   # finite on both ranks
+    assert rec["eval_images"] == 2 and rec["train_images"] == 4
+    # the distributed sampler gave each rank its own evaluation image; rank 0's metrics cover both
+    assert [r["eval_processed"] for r in rec["ranks"]] == [1, 1]
+    assert rec["batch_override"] == {"planned": planned, "used": 1, "why": rec["batch_override"]["why"]}
+    assert rec["batch_per_gpu"] == 1
+    assert any("DistributedDataParallel" in c for c in rec["cpu_changes"])
+    assert all(w["ok"] and w["loaded_fraction"] > 0.9 for w in rec["weights"]), rec["weights"]
+
+
+def test_batch_per_task_needs_tasks(tmp_path):
+    env = bench_env(tmp_path / "results", tmp_path / "data", REAL_RECIPES)
+    p = _bench(env, "preflight", "sbr-cnn/table-2", "--row", "mask-1x", "--batch-per-task", "1",
+               "--data-root", f"coco={tmp_path}")
+    assert p.returncode != 0 and "--batch-per-task sets the batch of each of --tasks N processes" in p.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_two_nodes_one_task_each_through_slurm(slurm_cluster_2_nodes, tmp_path):
+    """2 nodes x 1 task: a profile with ``nodes: 2`` puts one rank on each of the test cluster's two nodes
+    (two slurmd on this host); rank 0 listens on the first node's NodeAddr, rank 1 joins from the other
+    node, and rank 0 alone writes the result, from every evaluation image."""
+    import yaml
+
+    cluster = slurm_cluster_2_nodes
+    profile = yaml.safe_load(PROFILE.read_text()) | {"name": "local-test-2-nodes", "nodes": 2}
+    prof = tmp_path / "two-nodes.yaml"
+    prof.write_text(yaml.safe_dump(profile))
+    env = bench_env(tmp_path / "results", tmp_path / "data") | cluster.env
+    p = _bench(env, "run", "pipeline-test/table-1", "tiny", "--scale", str(TINY_SCALE), "--tasks", "2",
+               "--cluster", "slurm", "--profile", str(prof))
+    assert p.returncode == 0, p.stdout + p.stderr
+    job = _status(env)["tiny"]["job"]
+    script = next(Path(job["folder"]).glob("*_submission.sh")).read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    st = _wait(env, lambda r: r["run_status"] in ("done", "failed"))
+    assert st["run_status"] == "done", json.dumps(st, indent=1)
+    checked = _check_one_result_by_rank_0(tmp_path / "results", "pipeline-test/table-1", "tiny", 2, eval_images=5)
+    ranks = checked["d"]["ranks"]
+    assert [(r["rank"], r["node"]) for r in ranks] == [(0, "n1"), (1, "n2")]
+    tasks = _task_results(Path(job["folder"]))
+    assert tasks[0] == [str(tmp_path / "results" / "smoke" / "pipeline-test" / "table-1" / "tiny.json")]
+    assert tasks[1] == []
