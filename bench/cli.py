@@ -440,6 +440,9 @@ def _print_plan(plan) -> None:
 @click.option("--max-parallel", type=int, default=None,
               help="Concurrent local jobs (default: number of GPUs, or 1 on a CPU machine).")
 @click.option("--gpus", type=int, default=None, help="GPUs per run at paper scale (default: the recipe's).")
+@click.option("--tasks", type=click.IntRange(min=1), default=None,
+              help="CPU processes per run (torch.distributed with gloo), at any scale: the total batch (the paper's, "
+                   "or the scale's) is split over them; one result, written by rank 0. For GPUs use --gpus (NCCL).")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train each row with N seeds (the scale's seed, +1, ...); seeds after the first write to "
                    "results/seeds/<k>/, and reports show mean and spread and use it as noise for claims.")
@@ -456,8 +459,8 @@ def _print_plan(plan) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is skipped and why, the estimated cost of "
               "each run and where the estimate comes from) and stop.")
 @click.pass_context
-def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, cluster, profile, max_parallel, gpus, seeds,
-            force, log, evaluator, dry_run) -> None:
+def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, cluster, profile, max_parallel, gpus, tasks,
+            seeds, force, log, evaluator, dry_run) -> None:
     """Plan TABLE's rows (or only ROWS), skip those already done, train and evaluate the rest.
 
     Each run writes results/<scale>/<paper>/<table>/<row>.json. A model shared by several rows
@@ -475,7 +478,7 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
     chosen = _evaluator(evaluator)
     try:
         plans = [make_plan([(t, selected)], scale, root, data_root=roots, force=force, gpus=gpus, seed_index=k,
-                           weights_dirs=list(weights_dirs), log=log, evaluator=chosen.name)
+                           weights_dirs=list(weights_dirs), log=log, evaluator=chosen.name, tasks=tasks)
                  for k in range(seeds)]
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
@@ -499,6 +502,9 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
             _next_steps(t, plan.scale.name)
         return
     runs = list(plan.runs.values())
+    if cluster == "inline" and any(getattr(s, "tasks", 1) > 1 for s in runs):
+        raise BenchError("--cluster inline runs in this one process: a multi-process run (--tasks, --gpus > 1) "
+                         "needs --cluster local or slurm")
     if cluster in ("local", "inline"):   # inline too: a multi-GPU config in one CPU process has no launcher
         from bench.launch import LaunchError, check_local_gpus
 
@@ -625,6 +631,12 @@ def _preflight_line(r: dict) -> str:
 @click.option("--iters", type=click.IntRange(min=1), default=2, show_default=True, help="Training iterations per run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--gpus", type=int, default=None, help="GPUs the cluster run will use (decides the per-GPU batch).")
+@click.option("--tasks", type=click.IntRange(min=1), default=None,
+              help="Run each preflight in N CPU processes (gloo; the paper's total batch split over them), as "
+                   "`bench run --tasks N` would: distributed sampler, DDP gradients, the evaluation gathered from all ranks.")
+@click.option("--batch-per-task", type=click.IntRange(min=1), default=None,
+              help="With --tasks: train each process on N images per iteration instead of its planned share of the "
+                   "paper's batch (to fit N processes in this machine's memory); the record says so.")
 @click.option("--cached", "use_cache", is_flag=True,
               help="Reuse a run's cached record if it passed with at least ITERS iterations on this device.")
 @click.option("--evaluator", type=click.Choice(EVALUATORS), default="auto",
@@ -632,8 +644,8 @@ def _preflight_line(r: dict) -> str:
               "evaluation goes through it and the record names it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run (a JSON list).")
 @click.pass_context
-def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, use_cache, evaluator,
-                  as_json) -> None:
+def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, gpus, tasks, batch_per_task, use_cache,
+                  evaluator, as_json) -> None:
     """Prove every run of TABLES' paper-scale plan starts, here, in minutes: real datasets counted as mmdet
     builds them, every checkpoint found and loaded with its keys checked, ITERS training iterations at the
     paper's input size and per-GPU batch with finite losses and gradients, then the test pipeline and the
@@ -653,18 +665,29 @@ def preflight_cmd(ctx, tables, row_ids, data_root, weights_dirs, iters, device, 
     chosen = _evaluator(evaluator, say=False)
     try:
         plan = make_plan(pairs, "paper", root, data_root=_data_roots(data_root), force=True, gpus=gpus,
-                         weights_dirs=list(weights_dirs), evaluator=chosen.name)
+                         weights_dirs=list(weights_dirs), evaluator=chosen.name, tasks=tasks)
     except (PlanError, DataError) as e:
         raise BenchError(str(e)) from None
     cannot = [pr for pr in plan.rows if pr.action == "cannot run"]
     echo = (lambda r: None) if as_json else (lambda r: click.echo(_preflight_line(r)))
-    recs = preflight_plan(plan, root, iters=iters, device=device, use_cache=use_cache, on_result=echo)
+    if batch_per_task and not (tasks and tasks > 1):
+        raise BenchError("--batch-per-task sets the batch of each of --tasks N processes: give --tasks 2 or more")
+    if tasks and tasks > 1:
+        if device != "cpu":
+            raise BenchError("--tasks runs CPU processes (gloo): use it with --device cpu")
+        from bench.dist_preflight import preflight_plan_tasks
+
+        recs = preflight_plan_tasks(plan, root, tasks=tasks, iters=iters, use_cache=use_cache, on_result=echo,
+                                    batch_per_task=batch_per_task)
+    else:
+        recs = preflight_plan(plan, root, iters=iters, device=device, use_cache=use_cache, on_result=echo)
     if as_json:
         out = [{k: r.get(k) for k in ("table", "row", "rows", "run_key", "status", "reason", "train_images",
                                        "train_instances", "train_ignored", "train_with_masks", "counted_images",
                                        "eval_images", "eval_instances", "iters", "s_per_iter", "first_iter_s",
                                        "peak_mem_mb", "mem_kind", "losses", "grad_params", "no_grad", "weights",
-                                       "eval_metrics", "evaluator", "device", "batch_per_gpu", "wall_s", "cached")}
+                                       "eval_metrics", "evaluator", "device", "batch_per_gpu", "wall_s", "cached",
+                                       "tasks", "backend", "ranks", "cpu_changes", "batch_override")}
                for r in recs]
         out += [{"table": pr.table, "row": pr.row.id, "rows": [f"{pr.table}/{pr.row.id}"], "run_key": None,
                  "status": "not runnable", "reason": f"{pr.status}: {pr.reason}"} for pr in cannot]

@@ -113,14 +113,21 @@ class CheckpointableRun:
         return submitit.helpers.DelayedSubmission(CheckpointableRun(), spec)
 
 
-def _executor(profile: Profile, folder: Path, gpus: int, dependency: Optional[str] = None):
+def _executor(profile: Profile, folder: Path, gpus: int, dependency: Optional[str] = None, tasks: int = 1):
+    """One job per run: ``gpus`` GPUs and one task per GPU on each node, or (no GPU) ``tasks`` CPU tasks
+    spread over the profile's nodes (gloo)."""
     import submitit
 
     # max_num_timeout caps how often a preempted / timed-out job requeues itself
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=profile.max_requeues)
-    tasks = max(1, gpus)
+    if gpus:
+        per_node = max(1, gpus)
+    else:
+        if tasks % max(1, profile.nodes):
+            raise ClusterError(f"--tasks {tasks} does not split evenly over the profile's {profile.nodes} node(s)")
+        per_node = max(1, tasks // max(1, profile.nodes))
     params: dict[str, Any] = dict(
-        timeout_min=profile.time_limit_min, nodes=profile.nodes, tasks_per_node=tasks,
+        timeout_min=profile.time_limit_min, nodes=profile.nodes, tasks_per_node=per_node,
         slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup))
     if gpus:
         params["gpus_per_node"] = gpus
@@ -161,9 +168,13 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
     runs, skipped = skip_locked(runs)  # another live job owns the run key: not submitted again
     lines: list[str] = [f"{', '.join(t['table'] + '/' + t['row'] for t in o.spec.targets)}: {o.detail}" for o in skipped]
     for spec in runs:
+        if getattr(spec, "tasks", 1) > 1 and not spec.gpus and profile.gpus_per_node:
+            raise ClusterError(f"--tasks plans CPU processes (gloo), and profile {profile.name!r} gives each job "
+                               f"{profile.gpus_per_node} GPU(s): use --gpus for GPU runs")
         gpus = profile.gpus_per_node if profile.gpus_per_node else spec.gpus
         if gpus != spec.gpus:
             spec.gpus = gpus
+            spec.tasks = max(1, gpus)
             spec.overlay["gpus_overridden_by_profile"] = profile.name
     # runs that differ from an earlier one only at test time go in later arrays that wait for it
     first: dict[str, RunSpec] = {}
@@ -176,22 +187,23 @@ def submit_slurm(runs: list[RunSpec], profile_path: Optional[Path]) -> list[str]
     leaders = [s for s in runs if s not in followers]
     job_of: dict[str, str] = {}
     for group, dependency in ((leaders, None), (followers, "")):
-        shapes: dict[int, list[RunSpec]] = defaultdict(list)
+        shapes: dict[tuple[int, int], list[RunSpec]] = defaultdict(list)
         for spec in group:
-            shapes[spec.gpus].append(spec)
-        for gpus, specs in shapes.items():
+            shapes[(spec.gpus, 1 if spec.gpus else getattr(spec, "tasks", 1))].append(spec)
+        for (gpus, tasks), specs in shapes.items():
             dep = None
             if dependency is not None:
                 dep = "afterany:" + ":".join(sorted({job_of[s.train_key] for s in specs}))
-            root = Path(specs[0].work_dir).parent.parent / "slurm" / f"gpus{gpus}"
-            ex = _executor(profile, root, gpus, dep)
+            root = Path(specs[0].work_dir).parent.parent / "slurm" / (f"gpus{gpus}" if gpus or tasks == 1 else f"cpu{tasks}")
+            ex = _executor(profile, root, gpus, dep, tasks=tasks)
             jobs = ex.map_array(CheckpointableRun(), specs)
             for spec, job in zip(specs, jobs):
                 mark_pending(spec, "slurm", str(job.job_id), str(root))
                 if dependency is None and spec.train_key:
                     job_of[spec.train_key] = str(job.job_id)
             array_id = str(jobs[0].job_id).split("_")[0] if jobs else "?"
-            lines.append(f"job array {array_id}: {len(specs)} run(s), {gpus} GPU(s) each, partition "
+            shape = f"{gpus} GPU(s)" if gpus or tasks == 1 else f"{tasks} CPU tasks (gloo)"
+            lines.append(f"job array {array_id}: {len(specs)} run(s), {shape} each, partition "
                          f"{profile.partition or '(default)'}"
                          + (f", after {dep.split(':', 1)[1]} (evaluates their trainings)" if dep else ""))
     return lines

@@ -21,6 +21,8 @@ class BenchProgressHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         import time
 
+        if runner.rank != 0:  # rank 0 alone writes the run's files (state, checkpoints, results)
+            return
         it = runner.iter + 1
         last = it == runner.max_iters
         if not last and (it % self.interval or time.monotonic() - self._last < self.min_period_s):

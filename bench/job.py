@@ -227,6 +227,17 @@ def _results_for(spec: RunSpec, base: dict, matches: Optional[dict] = None) -> l
     return paths
 
 
+def run_tasks(spec: RunSpec) -> int:
+    """Processes the run trains with: its CPU tasks (``--tasks``), else one per GPU."""
+    return max(1, getattr(spec, "tasks", 1) or 1, spec.gpus or 0)
+
+
+def _has_sync_bn(cfg) -> bool:
+    from bench.distributed import SYNC_BN_TYPES
+
+    return any(f"'{t}'" in str(cfg.get("model")) for t in SYNC_BN_TYPES)
+
+
 def rank() -> int:
     """This process's rank in a multi-GPU run (SLURM task id or torchrun's RANK); 0 otherwise."""
     return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
@@ -628,7 +639,21 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     from bench.resolve import register_all
 
     register_all()
-    if spec.dataset == "synth":
+    dist_info, cpu_changes = None, []
+    if run_tasks(spec) > 1:
+        from bench import distributed
+
+        # one task per GPU (NCCL) or per CPU share (gloo); bench starts the process group itself from the
+        # SLURM, submitit or torchrun environment, so mmengine's launcher only labels it
+        if spec.gpus and distributed.job_device() != "cuda":
+            raise distributed.DistError(f"the run needs {spec.gpus} GPU(s) and this task sees no CUDA device "
+                                        f"({distributed.job_device()}): use --tasks N to train with N CPU processes (gloo)")
+        if distributed.world_size() != run_tasks(spec):
+            raise distributed.DistError(
+                f"the run needs {run_tasks(spec)} processes and this one sees a world of {distributed.world_size()} "
+                "(RANK/WORLD_SIZE or SLURM's task variables): start it through `bench run` (local or slurm)")
+        dist_info = distributed.init()
+    if spec.dataset == "synth" and rank() == 0:
         from bench.data import synth
 
         synth.generate(Path(spec.dataset_root), synth.SynthSpec(**spec.data_spec))
@@ -637,8 +662,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     if rank() == 0:
         cfg.dump(str(work / "config.py"))  # runnable as is: `python tools/train.py <work_dir>/config.py`
     refused: list[str] = []
-    resumed_from = _resume_checkpoint(work / "train", refused) if resume else None
-    trained = _finished_training(spec) if not resumed_from else None
+    resumed_from = _resume_checkpoint(work / "train", refused) if resume and rank() == 0 else None
+    trained = _finished_training(spec) if not resumed_from and rank() == 0 else None
+    if dist_info:  # every rank resumes from (or evaluates) the checkpoint rank 0 chose, after it made the data
+        from bench.distributed import broadcast
+
+        resumed_from, trained, refused = broadcast((resumed_from, trained, refused))
     if trained:  # differs from a finished run only at test time: evaluate its weights, train nothing
         cfg.load_from = trained["checkpoint"]
         cfg.resume = False
@@ -646,11 +675,20 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         cfg.resume = True
         cfg.load_from = resumed_from
     cfg.train_cfg["val_interval"] = 10**9  # evaluate once, after training, with runner.test()
-    if spec.gpus > 1:
-        # one task per GPU; torch.distributed from the SLURM environment (or torchrun's)
+    if dist_info:
         cfg.launcher = "slurm" if "SLURM_PROCID" in os.environ else "pytorch"
-        cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "nccl"
+        cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = dist_info["backend"]
+        if dist_info["device"] == "cpu":
+            plain = cfg.to_dict()
+            cpu_changes = distributed.cpu_changes(plain)
+            cfg = Config(plain)
+    elif _has_sync_bn(cfg):
+        cpu_changes = ["SyncBN -> BatchNormXd by mmengine (one process: revert_sync_batchnorm)"]
     runner = Runner.from_cfg(cfg)
+    if dist_info:  # the iteration each rank starts from (after mmengine's resume): the same on every rank
+        from bench.distributed import start_iter_hook
+
+        runner.register_hook(start_iter_hook(dist_info), priority="LOWEST")
     if rank() == 0:  # rank 0 saves the checkpoints (mmengine's CheckpointHook is master-only): it checksums them
         runner.register_hook(_mmengine_hook(work / "train"), priority="LOWEST")
     phases["setup"] = time.perf_counter() - t0
@@ -664,7 +702,7 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
     t = time.perf_counter()
     model = getattr(runner.model, "module", runner.model)  # unwrap DistributedDataParallel
     probe = None
-    if spec.gpus <= 1 and cfg.test_dataloader.get("batch_size", 1) == 1:
+    if run_tasks(spec) <= 1 and cfg.test_dataloader.get("batch_size", 1) == 1:
         probe = SpeedProbe(model, spec.scale_cfg["speed_images"])
     from bench import matches as matches_mod
 
@@ -673,7 +711,10 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
 
     try:
         # COCOeval's per-image matches are kept for the paired bootstrap of claims (bench/matches.py)
-        with safe_checkpoint_loading(), matches_mod.capture() as captured, use_evaluator(evaluator_name) as ran:
+        from bench.distributed import gathered as gathered_results
+
+        with safe_checkpoint_loading(), matches_mod.capture() as captured, use_evaluator(evaluator_name) as ran, \
+                gathered_results() as gathered:
             metrics = runner.test()
     finally:
         if probe is not None:
@@ -730,6 +771,12 @@ def _train_and_measure(spec: RunSpec, work: Path, resume: bool):
         m["trained_by"] = (f"run {trained['run_key']} ({trained['checkpoint']}): the same training, "
                            "this row differs only at test time")
     m["phases_s"] = {k: round(v, 2) for k, v in phases.items()}
+    from bench.distributed import record as dist_record
+
+    m["distributed"] = dist_record(dist_info, spec, cfg.train_dataloader.get("batch_size"), cpu_changes)
+    m["distributed"]["eval_gathered"] = dict(gathered)
+    if dist_info:
+        m["distributed"]["ranks"] = dist_info.get("ranks")
     if captured:
         m["_matches"] = matches_mod.save(work / "matches.npz", captured)
     return measured, notes, m

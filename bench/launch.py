@@ -91,9 +91,13 @@ def _record_unfinished(spec: RunSpec, reason: str, status: str, log_tail) -> Non
 
 def _job_entry(spec: RunSpec) -> list[str]:
     """What a submitted job executes (module-level so submitit can pickle it)."""
-    from bench.job import ResultNotRecorded, run
+    from bench.job import ResultNotRecorded, rank, run
 
     os.environ.update(local_dist_env())
+    if rank() != 0:
+        # another task of a multi-process run: rank 0 owns the run's records; this one may end first (it
+        # measures nothing), and clearing the pending record then would show a running row as not run
+        return run(spec)
     try:
         out = run(spec)
     except (SystemExit, RunLocked, ResultNotRecorded):
@@ -285,11 +289,13 @@ def _bench_local_executor_class():
     return BenchLocalExecutor
 
 
-def local_executor(folder: Path, timeout_min: int, gpus: list[str]):
+def local_executor(folder: Path, timeout_min: int, gpus: list[str], tasks: int = 1):
     """submitit's LocalExecutor for one run on the GPUs ``gpus`` (none: CPU; the job sees no GPU).
-    One task per GPU; :func:`local_dist_env` turns submitit's task ids into torch.distributed's."""
+    One task per GPU, or ``tasks`` CPU processes (gloo) when there is none; :func:`local_dist_env`
+    turns submitit's task ids into torch.distributed's."""
     ex = _bench_local_executor_class()(folder=folder)
-    params: dict = dict(timeout_min=timeout_min, tasks_per_node=max(1, len(gpus)), gpus_per_node=len(gpus))
+    ntasks = len(gpus) if gpus else max(1, tasks)
+    params: dict = dict(timeout_min=timeout_min, tasks_per_node=ntasks, gpus_per_node=len(gpus))
     if all(g.isdigit() for g in gpus):
         params["visible_gpus"] = tuple(int(g) for g in gpus)
     else:  # GPU UUIDs or MIG devices: submitit only takes integers, so the job's shell exports them
@@ -428,7 +434,7 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                 queue.pop(0)
                 folder = Path(spec.work_dir) / "submitit"
                 try:
-                    job = local_executor(folder, timeout_min, got).submit(_job_entry, spec)
+                    job = local_executor(folder, timeout_min, got, getattr(spec, "tasks", 1)).submit(_job_entry, spec)
                 except OSError as e:  # submitit writes the job's pickle and script first: a full disk
                     slots.give(got)
                     reason = f"not started: submitit could not write the job in {folder}: {e.strerror or e}"
@@ -456,7 +462,7 @@ def run_local(runs: list[RunSpec], max_parallel: int = 1, on_progress: Optional[
                 active.remove(entry)
                 slots.give(got)
                 try:
-                    job.result()
+                    job.results()  # every task (one per process of a multi-process run)
                     outcomes.append(Outcome(spec, True, "done"))
                 except Exception as e:  # noqa: BLE001
                     outcomes.append(_job_failure(spec, job, e))

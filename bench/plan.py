@@ -368,7 +368,7 @@ class RunSpec:
     eval_split: str
     targets: list[dict]           # [{"table", "row", "label", "published", "path"}]
     work_dir: str
-    batch_size: int
+    batch_size: int               # the total batch: per-process batch x processes
     gpus: int
     lr: Optional[float]
     lr_scaled_from: Optional[float]
@@ -382,6 +382,7 @@ class RunSpec:
                                                   # this time (epoch s; 0: any) instead of training; None: train
     weights: list = field(default_factory=list)   # paper scale: the checkpoints the config loads (bench.weights)
     declared_new: list = field(default_factory=list)  # the rows' model.declared_new ({keys, why}): preflight's judge
+    tasks: int = 1                     # processes of the run: one per GPU, or CPU processes (gloo, --tasks)
     evaluator: str = "pycocotools"     # COCO evaluator of the job (bench.evaluators); not in the run key: only one
                                        # verified identical to pycocotools on the cross-check may serve a job
 
@@ -445,8 +446,15 @@ def parse_data_roots(values) -> "dict[str, Path] | None":
 
 
 def build_run_config(table: Table, row: Row, scale: Scale, data_root,
-                     gpus: int | None = None, weights_dirs: Optional[list[Path]] = None) -> tuple[dict, dict, dict]:
-    """The full mmdet config of a row at a scale. Returns (config, overlay record, facts)."""
+                     gpus: int | None = None, weights_dirs: Optional[list[Path]] = None,
+                     tasks: int | None = None) -> tuple[dict, dict, dict]:
+    """The full mmdet config of a row at a scale. Returns (config, overlay record, facts).
+
+    ``gpus``: GPU processes (paper scale; default the recipe's). ``tasks``: CPU processes (gloo) instead,
+    at either scale; the total batch (the paper's, or the smoke scale's) is split over the processes."""
+    if gpus and tasks and tasks > 1:
+        raise PlanError("--gpus and --tasks are exclusive: --gpus N trains on N GPUs (NCCL), --tasks N on N CPU "
+                        "processes (gloo)")
     assert row.model is not None and row.model.config is not None
     cfg = copy.deepcopy(resolved_dict(row.model))
     _apply_train_spec(cfg, row)
@@ -463,7 +471,13 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root,
         check_root(dataset, root, split)
         n_gpus = gpus or row.train.gpus or 1
         batch = row.train.batch_size or 16
-    per_gpu = max(1, batch // max(1, n_gpus))
+    n_tasks = max(1, n_gpus)
+    if tasks and tasks > 1:  # CPU processes: no GPU
+        n_gpus, n_tasks = 0, tasks
+        if batch < tasks:
+            raise PlanError(f"{table.name} row {row.id!r}: --tasks {tasks} is more processes than the total batch "
+                            f"of {batch} images (each process needs at least one image per iteration)")
+    per_gpu = max(1, batch // n_tasks)
     if not scale.pretrained:
         _strip_pretrained(cfg["model"])
     elif scale.name == "paper":
@@ -481,9 +495,9 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root,
     lr, scaled_from = opt.get("lr"), None
     lr_rule = row.train.lr_scaling if scale.lr_scaling == "recipe" else scale.lr_scaling
     paper_batch = row.train.batch_size
-    if lr is not None and lr_rule == "linear" and paper_batch and per_gpu * max(1, n_gpus) != paper_batch:
+    if lr is not None and lr_rule == "linear" and paper_batch and per_gpu * n_tasks != paper_batch:
         scaled_from = lr
-        lr = lr * per_gpu * max(1, n_gpus) / paper_batch
+        lr = lr * per_gpu * n_tasks / paper_batch
         opt["lr"] = lr
     overlay["lr_rule"] = lr_rule
     cfg["randomness"] = {"seed": scale.seed, "deterministic": False}
@@ -495,8 +509,10 @@ def build_run_config(table: Table, row: Row, scale: Scale, data_root,
     cfg.pop("work_dir", None)
     cfg.pop("load_from", None)
     cfg.pop("resume", None)
-    facts.update(dataset=dataset, root=str(root), eval_split=split, batch=per_gpu * max(1, n_gpus),
-                 gpus=n_gpus, lr=lr, lr_scaled_from=scaled_from)
+    if n_tasks > 1:  # what each process gets of the total batch (measurement.distributed says what ran)
+        overlay.update(tasks=n_tasks, batch_asked=batch, per_task_batch=per_gpu)
+    facts.update(dataset=dataset, root=str(root), eval_split=split, batch=per_gpu * n_tasks,
+                 gpus=n_gpus, tasks=n_tasks, lr=lr, lr_scaled_from=scaled_from)
     return cfg, overlay, facts
 
 
@@ -613,10 +629,15 @@ def add_log_backend(cfg: dict, backend: dict) -> None:
 def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_root: Path,
               data_root=None, force: bool = False, gpus: int | None = None,
               seed_index: int = 0, weights_dirs: Optional[list[Path]] = None, log: Optional[str] = None,
-              evaluator: str = "pycocotools") -> Plan:
+              evaluator: str = "pycocotools", tasks: int | None = None) -> Plan:
     import dataclasses
 
     scale = Scale.load(scale_name)
+    if tasks is not None and tasks < 1:
+        raise PlanError(f"--tasks {tasks}: give 1 or more processes")
+    if gpus and tasks and tasks > 1:
+        raise PlanError("--gpus and --tasks are exclusive: --gpus N trains on N GPUs (NCCL), --tasks N on N CPU "
+                        "processes (gloo)")
     backend = log_backend(log) if log else None
     if seed_index:
         scale = dataclasses.replace(scale, seed=scale.seed + seed_index)
@@ -641,7 +662,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 pr.reason = "layer-only row: profiled by `bench profile`, nothing to train"
                 continue
             try:
-                cfg, overlay, facts = build_run_config(table, row, scale, data_root, gpus, weights_dirs)
+                cfg, overlay, facts = build_run_config(table, row, scale, data_root, gpus, weights_dirs, tasks)
             except Exception as e:  # noqa: BLE001 - a row that cannot be assembled is reported, not fatal
                 pr.reason = f"cannot assemble its config: {e}"
                 continue
@@ -650,9 +671,13 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
             config_hash = canonical_hash(cfg)
             scale_key = {k: v for k, v in scale.as_dict().items() if k not in ("description", "type_caps")}
             code = versions | {"bench_models": model_code_fingerprint(cfg)}
-            key = canonical_hash({"config": config_hash, "scale": scale_key, "data": data_key, "code": code})
+            ident = {"config": config_hash, "scale": scale_key, "data": data_key, "code": code}
+            if facts["tasks"] > 1 and not facts["gpus"]:  # CPU processes: another run than the same split on GPUs
+                ident["cpu_tasks"] = facts["tasks"]
+            key = canonical_hash(ident)
             train_key = canonical_hash({"config": canonical_hash(training_view(cfg)), "scale": scale_key,
-                                        "data": data_key, "code": code})
+                                        "data": data_key, "code": code}
+                                       | ({"cpu_tasks": ident["cpu_tasks"]} if "cpu_tasks" in ident else {}))
             pr.run_key = key
             path = result_path(results_root, scale.name, table.name, row.id)
             pr.result = str(path)
@@ -696,7 +721,7 @@ def make_plan(tables: list[tuple[Table, list[Row]]], scale_name: str, results_ro
                 versions=code, config_hash=config_hash, input_size=scale.input_size,
                 data_spec=(synth_spec(scale).__dict__ if facts["dataset"] == "synth" else None),
                 train_key=train_key, weights=facts.get("weights", []), evaluator=evaluator,
-                declared_new=[d.model_dump() for d in row.model.declared_new])
+                declared_new=[d.model_dump() for d in row.model.declared_new], tasks=facts["tasks"])
             trained = trained_pointer(runs[key].work_dir, train_key)
             first = next((r for r in runs.values() if r.train_key == train_key and r.run_key != key), None)
             if first is not None:  # the first run of the group trains (again, with --force); this one waits for it

@@ -71,6 +71,7 @@ class Preflight:
     mem_kind: str = ""
     eval_metrics: dict[str, float] = field(default_factory=dict)
     eval_detections: Optional[int] = None
+    eval_processed: Optional[int] = None   # images this process ran the test step on (a rank's shard)
     evaluator: str = ""                      # the COCO evaluator the run's jobs will use, as it ran here
     weights: list[dict] = field(default_factory=list)
     device: str = ""
@@ -440,6 +441,9 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
     dl_cfg["persistent_workers"] = False
     loader = Runner.build_dataloader(dl_cfg, seed=0)
     optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    from bench.distributed import ddp_wrap
+
+    fwd = ddp_wrap(model, cfg)   # `--tasks N`: DistributedDataParallel over the ranks (gradients all-reduced)
     model.train()
     times: list[float] = []
     data_iter = iter(loader)
@@ -451,9 +455,9 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
             data_iter = iter(loader)
             data = next(data_iter)
         try:
-            with optim.optim_context(model):
+            with optim.optim_context(fwd):
                 batch = model.data_preprocessor(data, True)
-                losses = model._run_forward(batch, mode="loss")
+                losses = fwd._run_forward(batch, mode="loss")
         except Exception as e:  # noqa: BLE001 - name the iteration; a model's own NaN assertion is a NaN
             text = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             kind = " (NaN/inf loss)" if "nan" in text.lower() or "infinite" in text.lower() else ""
@@ -491,10 +495,11 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
     evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = test_loader.dataset.metainfo
     model.eval()
-    n_det = 0
+    n_det = n_img = 0
     with torch.no_grad():
         for data in test_loader:
             outputs = model.test_step(data)
+            n_img += len(outputs)
             n_det += sum(len(o.pred_instances) for o in outputs if "pred_instances" in o)
             evaluator.process(data_samples=outputs, data_batch=data)
     from bench.evaluators import use as use_evaluator
@@ -506,6 +511,7 @@ def _checks(spec: RunSpec, rec: Preflight, iters: int, device: str, eval_images:
     rec.evaluator = evaluator_outcome(name, label, ran)
     rec.eval_metrics = {k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))}
     rec.eval_detections = n_det
+    rec.eval_processed = n_img
     phases["eval"] = time.perf_counter() - t
     if on_cpu_mem:
         rec.peak_mem_mb = round(_peak_rss_mb() or 0.0, 1)

@@ -58,6 +58,10 @@ class Measurement(BaseModel):
                                       "row differs from it only at test time (nothing trained)")
     phases_s: dict[str, float] = Field({}, description="wall seconds of the job's phases: setup (imports, data, "
                                        "Runner), train, test (COCO evaluation), measure (params, FLOPs, speed)")
+    distributed: Optional[dict] = Field(None, description="how the training was split: world_size (processes), "
+                                        "backend (nccl/gloo), per_task_batch, total_batch, lr vs the paper's, "
+                                        "cpu_changes (what a CPU run changed in the GPU config, e.g. SyncBN -> BN), "
+                                        "eval_gathered (evaluation results gathered from all ranks)")
     eval_limit: Optional[int] = Field(None, description="`bench eval --limit N`: only the first N evaluation images "
                                       "were evaluated (never comparable to the paper)")
 

@@ -189,8 +189,9 @@ def _kill_recorded(cluster_dir: Path) -> None:
                 pass
 
 
-def start_cluster(cluster_dir: Path, watch_pid: Optional[int] = None) -> SlurmCluster:
-    """Starts a cluster in cluster_dir (fails the test with the script's output if it cannot)."""
+def start_cluster(cluster_dir: Path, watch_pid: Optional[int] = None, nodes: int = 1) -> SlurmCluster:
+    """Starts a cluster in cluster_dir (fails the test with the script's output if it cannot); ``nodes``
+    > 1: that many node names (n1..nN), each its own slurmd on this host, the cores split between them."""
     if os.geteuid() != 0:
         pytest.fail("the SLURM test cluster must run as root (slurmd launches the jobs; SlurmUser=root)")
     missing = _missing_binaries()
@@ -203,6 +204,7 @@ def start_cluster(cluster_dir: Path, watch_pid: Optional[int] = None) -> SlurmCl
     env = {**os.environ, "PATH": os.pathsep.join([os.environ.get("PATH", ""), _SBIN_PATH])}
     if watch_pid is not None:
         env["SLURM_CLUSTER_WATCH_PID"] = str(watch_pid)
+    env["SLURM_CLUSTER_NODES"] = str(nodes)
     t0 = time.monotonic()
     try:
         res = subprocess.run(
@@ -266,3 +268,14 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
                 os.environ[k] = v
         stop_cluster(cluster)
         sys.stderr.write(f"\n[slurm_cluster] stopped in {cluster.stop_seconds:.1f}s\n")
+
+
+@pytest.fixture
+def slurm_cluster_2_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A second, separate cluster (its own ports and daemons) of two nodes, n1 and n2: two slurmd on this
+    host (``slurmd -N``), one core each. os.environ is left alone: pass ``cluster.env`` to what runs."""
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm2", numbered=True), watch_pid=os.getpid(), nodes=2)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
