@@ -502,9 +502,6 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
             _next_steps(t, plan.scale.name)
         return
     runs = list(plan.runs.values())
-    if cluster == "inline" and any(getattr(s, "tasks", 1) > 1 for s in runs):
-        raise BenchError("--cluster inline runs in this one process: a multi-process run (--tasks, --gpus > 1) "
-                         "needs --cluster local or slurm")
     if cluster in ("local", "inline"):   # inline too: a multi-GPU config in one CPU process has no launcher
         from bench.launch import LaunchError, check_local_gpus
 
@@ -514,6 +511,9 @@ def run_cmd(ctx, table, rows, scale, data_root, weights_dirs, no_preflight, clus
             hint = (" To exercise the paper config on this machine, `bench preflight` runs it in one process."
                     if plan.scale.name == "paper" else "")
             raise BenchError(str(e) + hint) from None
+    if cluster == "inline" and any(getattr(s, "tasks", 1) > 1 for s in runs):
+        raise BenchError("--cluster inline runs in this one process: a multi-process run (--tasks, --gpus > 1) "
+                         "needs --cluster local or slurm")
     if plan.scale.name == "paper" and not no_preflight:
         _preflight_before_submit(plan, root)
         if not plan.runs:

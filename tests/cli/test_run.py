@@ -23,6 +23,15 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_multi_process_run_is_refused_inline_before_anything_is_written(tmp_path):
+    """`--cluster inline` runs in the caller's process: 2 CPU tasks cannot, and nothing is trained or written."""
+    p = _bench(tmp_path / "r", tmp_path / "d", "run", "pipeline-test/table-1", "tiny", "--scale", str(TINY_SCALE),
+               "--tasks", "2", "--cluster", "inline")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "a multi-process run (--tasks, --gpus > 1) needs --cluster local or slurm" in p.stderr
+    assert not (tmp_path / "r" / "smoke" / "pipeline-test").exists()
+
+
 def test_run_trains_evaluates_and_records(pipeline_run):
     results, data, proc = pipeline_run
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one row diverges on purpose
