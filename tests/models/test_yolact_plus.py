@@ -1,7 +1,7 @@
 """Tests of the YOLACT++ port (bench/models/yolact_plus.py): the DCN block plan, the official FPN layout, the
 fast mask re-scoring net and its targets, the paper-scale build and its #params (amf-sparseinst Table 10 prints
 none: the count is held against the official layout's), one training step with the re-scoring loss training,
-inference with rescored scores."""
+inference with rescored scores, the recipe row, and a real smoke-tiny `bench run`."""
 from __future__ import annotations
 
 import json
@@ -305,3 +305,33 @@ def test_predicts_rescored_masks_at_the_original_size():
         assert torch.allclose(p.box_scores.sort().values, q.scores.sort().values)
         assert sorted(p.labels.tolist()) == sorted(q.labels.tolist())
         assert not hasattr(q, 'box_scores')
+
+
+def test_recipe_row_is_runnable_approximate_and_uses_this_config():
+    from bench.recipes import Catalogue
+    from bench.resolve import row_status
+    from bench.vocab import RowStatus
+
+    row = Catalogue().load('amf-sparseinst/table-10').row('yolact-pp-r50-dcn-550')
+    assert row_status(row)[0] is RowStatus.RUNNABLE
+    assert row.reference_only is None
+    assert row.model.config == 'bench::yolact_plus/yolact_plus_r50_fpn_800k_coco.py'
+    assert row.fidelity == 'approximate' and len(row.deviations) >= 3
+    assert row.train.iters == 800_000 and row.train.batch_size == 8 and row.train.lr == 1e-3
+    assert row.train.lr_steps == [280_000, 600_000, 700_000, 750_000]
+
+
+@pytest.mark.slow
+def test_smoke_tiny_run_trains_and_evaluates(tmp_path):
+    """`bench run amf-sparseinst/table-10 yolact-pp-r50-dcn-550` at the tiny smoke scale, in this process's
+    environment: a real train -> evaluate -> result cycle whose result file says done, with mask AP measured."""
+    results = tmp_path / 'results'
+    cmd = [sys.executable, '-c', 'from bench.cli import main; main()', '--recipes', str(REPO / 'recipes'),
+           '--results', str(results), 'run', 'amf-sparseinst/table-10', 'yolact-pp-r50-dcn-550',
+           '--scale', str(REPO / 'tests' / 'data' / 'smoke-tiny.yaml'), '--cluster', 'inline']
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    files = list((results / 'smoke').glob('amf-sparseinst/table-10/yolact-pp-r50-dcn-550.json'))
+    assert files, f'exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}'
+    rec = json.loads(files[0].read_text())
+    assert rec['status'] == 'done', rec.get('failure')
+    assert rec['measured'].get('mask_AP') is not None and rec['measured'].get('params_M') is not None
