@@ -26,6 +26,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor
@@ -226,8 +227,8 @@ class CenterMask(SingleStageDetector):
     def __init__(self, backbone: ConfigType, neck: ConfigType, bbox_head: ConfigType, roi_head: ConfigType,
                  train_cfg: OptConfigType = None, test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None, init_cfg: OptMultiConfig = None) -> None:
-        train_cfg = train_cfg or {}
-        test_cfg = test_cfg or {}
+        train_cfg = ConfigDict(train_cfg or {})
+        test_cfg = ConfigDict(test_cfg or {})
         super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head, train_cfg=None,
                          test_cfg=test_cfg.get('fcos'), data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
