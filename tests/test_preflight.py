@@ -237,6 +237,8 @@ FAMILIES = [
     ("r3-cnn", "sbr-cnn/table-2", "r3-naive"),
     ("knet", "csr-d2s/table-i", None),
     ("polarmask", "csr-d2s/table-i", "polarmask"),
+    ("yolact-plus", "amf-sparseinst/table-10", "yolact-pp-r50-dcn-550"),
+    ("centermask", "amf-sparseinst/table-10", "centermask-r50-600"),
     ("csr-d2s", "csr-d2s/table-ii", None),
     ("isda", "isda/table-1", None),
     ("sa-fpn", "sa-fpn/table-2", None),
