@@ -4,10 +4,7 @@ count (Table 10 prints none; the issue's estimate and the alternative readings a
 and inference on a tiny CPU input, the recipe row, and a real smoke-tiny `bench run` of it."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from mmdet.utils import register_all_modules
 register_all_modules()
 import bench.models  # noqa: E402,F401  (registers the components)
 from bench.models.centermask import SpatialAttention, adaptive_roi_levels, lite_param_breakdown  # noqa: E402
-from tests.models.samples import make_sample  # noqa: E402
+from tests.models.samples import make_sample, smoke_tiny_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'bench' / 'configs' / 'centermask' / 'centermask_lite_r50_fpn_ms_4x_coco.py'
@@ -262,13 +259,4 @@ def test_recipe_row_is_runnable_approximate_and_labelled_lite():
 def test_smoke_tiny_run_trains_and_evaluates(tmp_path):
     """`bench run amf-sparseinst/table-10 centermask-r50-600` at the tiny smoke scale in this process's
     environment: a real train -> evaluate -> result cycle whose result file says done, mask AP measured."""
-    results = tmp_path / 'results'
-    cmd = [sys.executable, '-c', 'from bench.cli import main; main()', '--recipes', str(REPO / 'recipes'),
-           '--results', str(results), 'run', 'amf-sparseinst/table-10', 'centermask-r50-600',
-           '--scale', str(REPO / 'tests' / 'data' / 'smoke-tiny.yaml'), '--cluster', 'inline']
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
-    files = list((results / 'smoke').glob('amf-sparseinst/table-10/centermask-r50-600.json'))
-    assert files, f'exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}'
-    rec = json.loads(files[0].read_text())
-    assert rec['status'] == 'done', rec.get('failure')
-    assert rec['measured'].get('mask_AP') is not None and rec['measured'].get('params_M') is not None
+    smoke_tiny_result('amf-sparseinst/table-10', 'centermask-r50-600', tmp_path)

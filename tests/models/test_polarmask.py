@@ -3,10 +3,7 @@ Polar IoU loss, the target assignment, the paper-scale build against csr-d2s Tab
 training step and inference on CPU, and a real smoke-tiny `bench run` of the recipe row."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ import bench.models  # noqa: E402,F401  (registers the components)
 from bench.models.polarmask import (MIN_RAY, PolarIoULoss, largest_contour, mass_center,  # noqa: E402
                                     polar_centerness, polar_ray_targets, polygons_to_masks, ray_angles,
                                     rays_to_polygons)
-from tests.models.samples import make_sample  # noqa: E402
+from tests.models.samples import make_sample, smoke_tiny_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'bench' / 'configs' / 'polarmask' / 'polarmask_r50_fpn_1x_coco.py'
@@ -297,13 +294,4 @@ def test_recipe_row_is_runnable_approximate_and_uses_this_config():
 def test_smoke_tiny_run_trains_and_evaluates(tmp_path):
     """`bench run csr-d2s/table-i polarmask` at the tiny smoke scale, in this process's environment: a real
     train -> evaluate -> result cycle whose result file says done, with mask AP measured."""
-    results = tmp_path / 'results'
-    cmd = [sys.executable, '-c', 'from bench.cli import main; main()', '--recipes', str(REPO / 'recipes'),
-           '--results', str(results), 'run', 'csr-d2s/table-i', 'polarmask',
-           '--scale', str(REPO / 'tests' / 'data' / 'smoke-tiny.yaml'), '--cluster', 'inline']
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
-    files = list((results / 'smoke').glob('csr-d2s/table-i/polarmask.json'))
-    assert files, f'exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}'
-    rec = json.loads(files[0].read_text())
-    assert rec['status'] == 'done', rec.get('failure')
-    assert rec['measured'].get('mask_AP') is not None and rec['measured'].get('params_M') is not None
+    smoke_tiny_result('csr-d2s/table-i', 'polarmask', tmp_path)

@@ -4,9 +4,6 @@ none: the count is held against the official layout's), one training step with t
 inference with rescored scores, the recipe row, and a real smoke-tiny `bench run`."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from mmdet.utils import register_all_modules
 register_all_modules()
 import bench.models  # noqa: E402,F401  (registers the components)
 from bench.models.yolact_plus import FastMaskIoUNet, YOLACTPlusFPN, dcn_blocks, mask_iou  # noqa: E402
-from tests.models.samples import make_sample  # noqa: E402
+from tests.models.samples import make_sample, smoke_tiny_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'bench' / 'configs' / 'yolact_plus' / 'yolact_plus_r50_fpn_800k_coco.py'
@@ -325,13 +322,4 @@ def test_recipe_row_is_runnable_approximate_and_uses_this_config():
 def test_smoke_tiny_run_trains_and_evaluates(tmp_path):
     """`bench run amf-sparseinst/table-10 yolact-pp-r50-dcn-550` at the tiny smoke scale, in this process's
     environment: a real train -> evaluate -> result cycle whose result file says done, with mask AP measured."""
-    results = tmp_path / 'results'
-    cmd = [sys.executable, '-c', 'from bench.cli import main; main()', '--recipes', str(REPO / 'recipes'),
-           '--results', str(results), 'run', 'amf-sparseinst/table-10', 'yolact-pp-r50-dcn-550',
-           '--scale', str(REPO / 'tests' / 'data' / 'smoke-tiny.yaml'), '--cluster', 'inline']
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
-    files = list((results / 'smoke').glob('amf-sparseinst/table-10/yolact-pp-r50-dcn-550.json'))
-    assert files, f'exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}'
-    rec = json.loads(files[0].read_text())
-    assert rec['status'] == 'done', rec.get('failure')
-    assert rec['measured'].get('mask_AP') is not None and rec['measured'].get('params_M') is not None
+    smoke_tiny_result('amf-sparseinst/table-10', 'yolact-pp-r50-dcn-550', tmp_path)
